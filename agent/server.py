@@ -1,0 +1,203 @@
+"""The embedded run backend: `langgraph dev` serving this repository's `langgraph.json`.
+
+`python -m agent.server --port PORT` runs `langgraph dev` in this process (offline, in memory,
+no reload) after one tested patch: the in-memory queue looks for new runs every 500 ms, a fixed
+sleep that adds up to half a second to every first token. The patch wakes the queue as soon as
+a run is created and keeps the 500 ms poll as the fallback. It is applied only to the versions
+of `langgraph-runtime-inmem` it was tested with (`PATCHED_RUNTIME_VERSIONS`); on any other
+version the server runs unpatched and says so.
+
+`EmbeddedBackend` starts that server as a child process on a free port; `make run`, the tests
+and the benchmark all use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PATCHED_RUNTIME_VERSIONS = frozenset({"0.36.7"})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def patch_queue_wakeup() -> bool:
+    """Makes the in-memory queue start a new run at once instead of on its next 500 ms poll."""
+    try:
+        version = metadata.version("langgraph-runtime-inmem")
+    except metadata.PackageNotFoundError:
+        return False
+    if version not in PATCHED_RUNTIME_VERSIONS:
+        return False
+    from langgraph_runtime_inmem import ops
+
+    runs = ops.Runs
+    if getattr(runs, "_chatsite_wakeup", False):
+        return True
+    original_next = runs.next
+    original_put = runs.put
+    # The queue loop and the API handlers may run on different event loops (threads).
+    waiter: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+    lock = threading.Lock()
+
+    def wake() -> None:
+        with lock:
+            entry = waiter.get("queue")
+        if entry is not None:
+            loop, event = entry
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(event.set)
+
+    async def put(*args, **kwargs):
+        result = await original_put(*args, **kwargs)
+        wake()
+        return result
+
+    async def next_run(wait: bool, limit: int = 1):
+        if wait:
+            loop = asyncio.get_running_loop()
+            with lock:
+                entry = waiter.get("queue")
+                if entry is None or entry[0] is not loop:
+                    entry = waiter["queue"] = (loop, asyncio.Event())
+            event = entry[1]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), 0.5)
+            event.clear()
+        async for item in original_next(wait=False, limit=limit):
+            yield item
+
+    runs.put = staticmethod(put)
+    runs.next = staticmethod(next_run)
+    runs._chatsite_wakeup = True
+    return True
+
+
+@dataclass
+class EmbeddedBackend:
+    """A `langgraph dev` child process serving agent/ on 127.0.0.1."""
+
+    port: int = field(default_factory=free_port)
+    model: str = "echo"
+    env: dict[str, str] = field(default_factory=dict)
+    jobs: int = 64
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout: float = 90.0) -> EmbeddedBackend:
+        env = {**os.environ, "AGENT_MODEL": self.model, **self.env}
+        # The backend's own telemetry would try to reach hosted services: this runs offline.
+        env.setdefault("LANGSMITH_TRACING", "false")
+        env.setdefault("LANGCHAIN_TRACING_V2", "false")
+        env.setdefault("LANGGRAPH_CLI_NO_ANALYTICS", "1")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        command = [
+            sys.executable, "-m", "agent.server",
+            "--port", str(self.port), "--n-jobs-per-worker", str(self.jobs),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        if log is not subprocess.DEVNULL:
+            log.close()
+        self.wait_ready(timeout=timeout)
+        return self
+
+    def wait_ready(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the embedded backend exited with {self.process.returncode}"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/ok", timeout=1.0).is_success:
+                    return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the embedded backend did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+    def kill(self) -> None:
+        """Stops the backend abruptly, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+    def __enter__(self) -> EmbeddedBackend:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`langgraph dev` for this repository, offline, with the queue wake-up patch."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=2024)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--n-jobs-per-worker", type=int, default=64)
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    if patch_queue_wakeup():
+        print("agent.server: queue wake-up patch applied", flush=True)
+    else:
+        print(
+            "agent.server: langgraph-runtime-inmem is not a version the queue patch was tested "
+            "with; new runs start on the queue's next 500 ms poll",
+            flush=True,
+        )
+    from langgraph_cli.cli import cli
+
+    cli.main(
+        args=[
+            "dev", "--no-browser", "--no-reload",
+            "--host", args.host, "--port", str(args.port),
+            "--n-jobs-per-worker", str(args.n_jobs_per_worker),
+            "--config", str(ROOT / "langgraph.json"),
+        ],
+        prog_name="langgraph",
+        standalone_mode=True,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

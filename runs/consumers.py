@@ -1,0 +1,198 @@
+"""The websocket side of the chat: protocol v1 (docs/protocol.md), parsed here, done in services."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import orjson
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from runs import services
+from runs.exceptions import ChatError, InvalidRequest
+from runs.selectors import Owner, conversation_get
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ID_MAX_CHARS = 64
+
+
+class FrameError(ChatError):
+    """A frame refused before it reached the chat flow."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def _uuid_field(frame: dict[str, Any], name: str, *, required: bool = True) -> uuid.UUID | None:
+    value = frame.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"`{name}` is required.")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"`{name}` must be a uuid string.")
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"`{name}` is not a valid uuid.") from exc
+
+
+def _bool_field(frame: dict[str, Any], name: str) -> bool:
+    value = frame.get(name)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"`{name}` is required and must be true or false.")
+    return value
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """One browser tab or program. It may watch several conversations; each one's frames come
+    through that conversation's channel-layer group, so every watcher sees the same stream."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if settings.CHAT_REQUIRE_LOGIN and not getattr(user, "is_authenticated", False):
+            await self.close(code=4401)
+            return
+        session = self.scope.get("session")
+        if session is not None and session.session_key is None:
+            # A program without a cookie still gets a session of its own to own conversations.
+            await database_sync_to_async(session.save)()
+        self.owner = Owner.of(user=user, session_key=session.session_key if session else None)
+        self.groups_watched: set[str] = set()
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        # The runs this socket started go on: their relays are not tied to it.
+        for group in getattr(self, "groups_watched", ()):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale DB connections in a thread before every message; this consumer
+        # touches the DB only through database_sync_to_async, which does that already, so the
+        # per-delta hot path skips a thread hop per frame.
+        handler = getattr(self, message["type"].replace(".", "_"), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    # Inbound frames.
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        client_id = None
+        try:
+            if text_data is None:
+                raise FrameError("invalid_frame", "Frames must be JSON text, not binary.")
+            try:
+                frame = orjson.loads(text_data)
+            except orjson.JSONDecodeError:
+                raise FrameError("invalid_json", "The frame is not valid JSON.") from None
+            if not isinstance(frame, dict):
+                raise FrameError("invalid_frame", "A frame must be a JSON object with a `type`.")
+            client_id = frame.get("client_id")
+            if client_id is not None and (
+                not isinstance(client_id, str) or len(client_id) > CLIENT_ID_MAX_CHARS
+            ):
+                client_id = None
+                raise InvalidRequest(
+                    f"`client_id` must be a string of at most {CLIENT_ID_MAX_CHARS} characters."
+                )
+            kind = frame.get("type")
+            if not isinstance(kind, str):
+                raise FrameError("invalid_frame", "A frame must have a string `type`.")
+            handler = self.FRAME_HANDLERS.get(kind)
+            if handler is None:
+                raise FrameError("unknown_type", f"Unknown frame type {kind[:40]!r}.")
+            await handler(self, frame, client_id)
+        except ChatError as exc:
+            await self.send_error(exc, client_id=client_id)
+        except Exception:
+            logger.exception("websocket frame failed")
+            await self.send_error(
+                ChatError("The server could not handle that frame."), client_id=client_id
+            )
+
+    async def send_json(self, frame: dict[str, Any]) -> None:
+        await self.send(text_data=orjson.dumps(frame).decode())
+
+    async def send_error(self, error: ChatError, *, client_id: str | None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
+        if client_id is not None:
+            frame["client_id"] = client_id
+        await self.send_json(frame)
+
+    async def watch(self, conversation_id: uuid.UUID | str) -> None:
+        group = services.conversation_group(conversation_id)
+        if group not in self.groups_watched:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_watched.add(group)
+
+    async def on_chat_send(self, frame: dict[str, Any], client_id: str | None) -> None:
+        conversation_id = _uuid_field(frame, "conversation", required=False)
+        memory = _bool_field(frame, "memory")
+        if "text" not in frame:
+            raise InvalidRequest("`text` is required.")
+        if not isinstance(frame["text"], str):
+            raise InvalidRequest("`text` must be a string.")
+        started = await services.chat_start(
+            owner=self.owner,
+            conversation_id=conversation_id,
+            text=frame["text"],
+            memory=memory,
+            client_id=client_id,
+        )
+        # Subscribe before the run is announced, so this socket sees all of it.
+        await self.watch(started.conversation.id)
+        await services.run_launch(started)
+
+    async def on_chat_cancel(self, frame: dict[str, Any], client_id: str | None) -> None:
+        run_id = _uuid_field(frame, "run")
+        await services.run_cancel(owner=self.owner, run_id=run_id)
+
+    async def on_conversation_watch(self, frame: dict[str, Any], client_id: str | None) -> None:
+        conversation_id = _uuid_field(frame, "conversation")
+        # Ownership first: a stranger's conversation must not be subscribed to.
+        await database_sync_to_async(conversation_get)(
+            owner=self.owner, conversation_id=conversation_id
+        )
+        # Subscribed before the snapshot is read, so no delta falls between the two.
+        await self.watch(conversation_id)
+        await self.send_json(
+            await services.conversation_snapshot(owner=self.owner, conversation_id=conversation_id)
+        )
+
+    async def on_conversation_memory(self, frame: dict[str, Any], client_id: str | None) -> None:
+        conversation_id = _uuid_field(frame, "conversation")
+        enabled = _bool_field(frame, "enabled")
+        await services.conversation_set_memory(
+            owner=self.owner, conversation_id=conversation_id, enabled=enabled
+        )
+        await self.watch(conversation_id)
+        await self.send_json(
+            await services.conversation_snapshot(owner=self.owner, conversation_id=conversation_id)
+        )
+
+    async def on_conversation_forget(self, frame: dict[str, Any], client_id: str | None) -> None:
+        conversation_id = _uuid_field(frame, "conversation")
+        await services.conversation_forget(owner=self.owner, conversation_id=conversation_id)
+        await self.watch(conversation_id)
+        await self.send_json(
+            await services.conversation_snapshot(owner=self.owner, conversation_id=conversation_id)
+        )
+
+    FRAME_HANDLERS = {
+        "chat.send": on_chat_send,
+        "chat.cancel": on_chat_cancel,
+        "conversation.watch": on_conversation_watch,
+        "conversation.memory": on_conversation_memory,
+        "conversation.forget": on_conversation_forget,
+    }
+
+    # Frames from the conversation groups.
+
+    async def chat_frame(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["text"])

@@ -1,0 +1,137 @@
+"""Conversations, their messages, and the backend runs that answered them.
+
+Django keeps the whole transcript in both memory modes; the backend thread is only what the
+assistant remembers.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Signed-in users own by `owner`; anonymous visitors by their session key.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="conversations",
+    )
+    session_key = models.CharField(max_length=64, blank=True, db_index=True)
+    title = models.CharField(max_length=200, blank=True)
+    memory = models.BooleanField(
+        default=True, help_text="On: messages go to the backend thread and are remembered."
+    )
+    thread_id = models.CharField(
+        max_length=64, blank=True, help_text="The backend thread that holds the memory."
+    )
+    # Set when a remembered message found the thread gone: the next reply starts afresh.
+    memory_lost_at = models.DateTimeField(null=True, blank=True)
+    active_run = models.ForeignKey(
+        "Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["owner", "-updated_at"])]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.id}"
+
+    @property
+    def has_thread(self) -> bool:
+        return bool(self.thread_id)
+
+
+class Run(models.Model):
+    class Mode(models.TextChoices):
+        THREAD = "thread", "thread (remembered)"
+        STATELESS = "stateless", "stateless"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        STREAMING = "streaming"
+        COMPLETED = "completed"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+
+    ACTIVE_STATUSES = (Status.PENDING, Status.STREAMING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
+    backend_run_id = models.CharField(max_length=64, blank=True)
+    thread_id = models.CharField(max_length=64, blank=True)
+    mode = models.CharField(max_length=16, choices=Mode.choices)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    error_code = models.CharField(max_length=32, blank=True)
+    error_message = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    reply_chars = models.PositiveIntegerField(default=0)
+    # Told to the user with the reply, e.g. that the old memory was gone and a new one began.
+    notice = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(mode__in=["thread", "stateless"]), name="run_mode_valid"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Run {self.id} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def time_to_first_token(self):
+        if self.first_token_at is None:
+            return None
+        return self.first_token_at - self.started_at
+
+    @property
+    def duration(self):
+        if self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    text = models.TextField()
+    remembered = models.BooleanField(
+        default=False, help_text="Sent to the backend thread, so the assistant remembers it."
+    )
+    run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["conversation", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.text[:60]}"

@@ -1,0 +1,93 @@
+"""Reads: who owns what, and the shapes of protocol v1 (conversations, messages)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import QuerySet
+
+from runs.exceptions import NotFound
+from runs.models import Conversation, Message, Run
+from runs.rendering import markdown_to_safe_html
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who is asking: a signed-in user, or an anonymous visitor's session."""
+
+    user_id: int | None
+    session_key: str
+
+    @classmethod
+    def of(cls, *, user: Any, session_key: str | None) -> Owner:
+        if user is not None and getattr(user, "is_authenticated", False):
+            return cls(user_id=user.pk, session_key=session_key or "")
+        return cls(user_id=None, session_key=session_key or "")
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.user_id is None
+
+    def conversation_fields(self) -> dict[str, Any]:
+        if self.user_id is not None:
+            return {"owner_id": self.user_id, "session_key": ""}
+        return {"owner_id": None, "session_key": self.session_key}
+
+
+def conversation_queryset(*, owner: Owner) -> QuerySet[Conversation]:
+    if owner.user_id is not None:
+        return Conversation.objects.filter(owner_id=owner.user_id)
+    if not owner.session_key:
+        return Conversation.objects.none()
+    return Conversation.objects.filter(owner__isnull=True, session_key=owner.session_key)
+
+
+def conversation_list(*, owner: Owner) -> list[Conversation]:
+    return list(conversation_queryset(owner=owner).order_by("-updated_at"))
+
+
+def conversation_get(*, owner: Owner, conversation_id: Any) -> Conversation:
+    """The caller's conversation; another's is `NotFound`, exactly like one that doesn't exist."""
+    try:
+        return (
+            conversation_queryset(owner=owner).select_related("active_run").get(pk=conversation_id)
+        )
+    except (Conversation.DoesNotExist, ValueError, TypeError) as exc:
+        raise NotFound() from exc
+
+
+def message_to_dict(message: Message, run: Run | None = None) -> dict[str, Any]:
+    """A protocol v1 message; a reply also says how its run ended (`status`, `error`, `notice`)."""
+    data: dict[str, Any] = {
+        "id": str(message.id),
+        "role": message.role,
+        "text": message.text,
+        "html": markdown_to_safe_html(message.text),
+        "remembered": message.remembered,
+        "created_at": message.created_at.isoformat(),
+    }
+    if run is not None and message.role == Message.Role.ASSISTANT:
+        data["status"] = run.status
+        if run.error_code:
+            data["error"] = {"code": run.error_code, "message": run.error_message}
+        if run.notice:
+            data["notice"] = run.notice
+    return data
+
+
+def conversation_to_dict(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": str(conversation.id),
+        "title": conversation.title,
+        "memory": conversation.memory,
+        "has_thread": conversation.has_thread,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+    }
+
+
+def transcript_rows(*, conversation: Conversation) -> list[dict[str, Any]]:
+    """The conversation's messages, oldest first, as protocol v1 messages (two queries)."""
+    messages = conversation.messages.select_related("run").order_by("created_at")
+    return [message_to_dict(message, message.run) for message in messages]

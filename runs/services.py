@@ -1,0 +1,550 @@
+"""The chat flow that the websocket consumer and the HTTP views share.
+
+One message's life: the user's text is validated and saved with a new run (the conversation is
+claimed, so only one run is active per conversation), then the run goes to the backend:
+stateless when memory is off, on the conversation's thread (created lazily) when on. A stream
+run is relayed by its own task, detached from any socket, so it finishes and is saved even when
+every socket has gone; every frame goes through the conversation's channel-layer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from runs.backend import RunStarted, TextDelta, get_backend
+from runs.exceptions import (
+    Busy,
+    ChatError,
+    EmptyText,
+    NotFound,
+    RunConflict,
+    TextTooLong,
+    ThreadNotFound,
+)
+from runs.models import Conversation, Message, Run
+from runs.selectors import (
+    Owner,
+    conversation_get,
+    conversation_queryset,
+    conversation_to_dict,
+    message_to_dict,
+    transcript_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+TITLE_CHARS = 60
+MEMORY_LOST_NOTICE = (
+    "The assistant's earlier memory of this conversation was gone from the backend, "
+    "so it started a fresh memory with this message."
+)
+
+
+# Frames and groups.
+
+
+def conversation_group(conversation_id: uuid.UUID | str) -> str:
+    return f"conversation.{uuid.UUID(str(conversation_id)).hex}"
+
+
+async def frame_publish(*, conversation_id: uuid.UUID | str, frame: dict[str, Any]) -> None:
+    """Sends one protocol frame to every socket watching the conversation, encoded once."""
+    await get_channel_layer().group_send(
+        conversation_group(conversation_id),
+        {"type": "chat.frame", "text": orjson.dumps(frame).decode()},
+    )
+
+
+# Text.
+
+
+def message_text_clean(*, text: Any) -> str:
+    if not isinstance(text, str):
+        raise ChatError("`text` must be a string.") from None
+    cleaned = text.strip()
+    if not cleaned:
+        raise EmptyText()
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(cleaned) > limit:
+        raise TextTooLong(
+            f"A message can be at most {limit:,} characters; this one has {len(cleaned):,}."
+        )
+    return cleaned
+
+
+def _title_from(text: str) -> str:
+    title = re.sub(r"\s+", " ", text).strip()
+    return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+# Starting a run.
+
+_NO_ACTIVE_RUN = Q(active_run__isnull=True) | ~Q(active_run__status__in=Run.ACTIVE_STATUSES)
+
+
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    conversation: Conversation
+    run: Run
+    user_message: Message
+    text: str
+    client_id: str | None = None
+
+    def started_frame(self) -> dict[str, Any]:
+        return {
+            "type": "run.started",
+            "run": str(self.run.id),
+            "conversation": str(self.conversation.id),
+            "mode": self.run.mode,
+            "user_message": message_to_dict(self.user_message),
+            "client_id": self.client_id,
+        }
+
+
+def _chat_start(
+    *, owner: Owner, conversation_id: Any, text: str, memory: bool, client_id: str | None
+) -> StartedRun:
+    with transaction.atomic():
+        if conversation_id is None:
+            conversation = Conversation.objects.create(
+                title=_title_from(text), memory=memory, **owner.conversation_fields()
+            )
+        else:
+            conversation = conversation_get(owner=owner, conversation_id=conversation_id)
+            if conversation.active_run_id is not None and conversation.active_run.is_active:
+                raise Busy()
+        mode = Run.Mode.THREAD if memory else Run.Mode.STATELESS
+        run = Run.objects.create(
+            conversation=conversation,
+            mode=mode,
+            thread_id=conversation.thread_id if memory else "",
+        )
+        # The claim: only the request that sets active_run from empty (or from a finished run)
+        # may start a run, whichever process it runs in.
+        claimed = (
+            Conversation.objects.filter(pk=conversation.pk)
+            .filter(_NO_ACTIVE_RUN)
+            .update(
+                active_run=run,
+                memory=memory,
+                title=conversation.title or _title_from(text),
+                updated_at=timezone.now(),
+            )
+        )
+        if not claimed:
+            raise Busy()
+        user_message = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.USER,
+            text=text,
+            remembered=memory,
+            run=run,
+        )
+        conversation.refresh_from_db()
+    return StartedRun(
+        conversation=conversation,
+        run=run,
+        user_message=user_message,
+        text=text,
+        client_id=client_id,
+    )
+
+
+async def chat_start(
+    *, owner: Owner, conversation_id: Any, text: Any, memory: bool, client_id: str | None = None
+) -> StartedRun:
+    """Validates and saves the user's message and a pending run, before the backend is called."""
+    cleaned = message_text_clean(text=text)
+    return await database_sync_to_async(_chat_start)(
+        owner=owner,
+        conversation_id=conversation_id,
+        text=cleaned,
+        memory=memory,
+        client_id=client_id,
+    )
+
+
+# The relay of a streamed run.
+
+
+@dataclass
+class LiveRun:
+    """A run this process is relaying: the reply so far, for snapshots and for the final save."""
+
+    run_id: uuid.UUID
+    conversation_id: uuid.UUID
+    mode: str
+    text_in: str
+    thread_id: str = ""
+    backend_run_id: str = ""
+    parts: list[str] = field(default_factory=list)
+    seq: int = 0
+    first_token_at: datetime | None = None
+    notice: str = ""
+    cancel_requested: bool = False
+    finishing: bool = False
+    task: asyncio.Task | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+# Runs relayed by this process, by run id. Strong references keep the detached tasks alive.
+LIVE_RUNS: dict[uuid.UUID, LiveRun] = {}
+
+
+def _thread_attach(
+    *, conversation_id: uuid.UUID, run_id: uuid.UUID, thread_id: str, lost: bool
+) -> None:
+    with transaction.atomic():
+        updates: dict[str, Any] = {"thread_id": thread_id}
+        if lost:
+            updates["memory_lost_at"] = timezone.now()
+        Conversation.objects.filter(pk=conversation_id).update(**updates)
+        Run.objects.filter(pk=run_id).update(thread_id=thread_id)
+
+
+async def _thread_new(live: LiveRun, *, lost: bool) -> str:
+    thread = await get_backend().thread_create(
+        metadata={"conversation_id": str(live.conversation_id)}
+    )
+    await database_sync_to_async(_thread_attach)(
+        conversation_id=live.conversation_id,
+        run_id=live.run_id,
+        thread_id=thread.thread_id,
+        lost=lost,
+    )
+    return thread.thread_id
+
+
+def _run_mark_streaming(*, run_id: uuid.UUID, backend_run_id: str) -> None:
+    Run.objects.filter(pk=run_id, status=Run.Status.PENDING).update(
+        status=Run.Status.STREAMING, backend_run_id=backend_run_id
+    )
+
+
+def _run_finish(
+    *,
+    run_id: uuid.UUID,
+    status: str,
+    text: str,
+    first_token_at: datetime | None,
+    error_code: str = "",
+    error_message: str = "",
+    notice: str = "",
+    backend_run_id: str = "",
+) -> tuple[Run, Message]:
+    """Saves the reply (complete or as far as it got) and frees the conversation: 3 writes."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = Run.objects.select_related("conversation").get(pk=run_id)
+        run.status = status
+        run.finished_at = now
+        run.first_token_at = first_token_at
+        run.reply_chars = len(text)
+        run.error_code = error_code
+        run.error_message = error_message
+        run.notice = notice or run.notice
+        if backend_run_id:
+            run.backend_run_id = backend_run_id
+        run.save(
+            update_fields=[
+                "status", "finished_at", "first_token_at", "reply_chars",
+                "error_code", "error_message", "notice", "backend_run_id",
+            ]
+        )  # fmt: skip
+        message = Message.objects.create(
+            conversation_id=run.conversation_id,
+            role=Message.Role.ASSISTANT,
+            text=text,
+            remembered=run.mode == Run.Mode.THREAD,
+            run=run,
+        )
+        Conversation.objects.filter(pk=run.conversation_id, active_run=run).update(
+            active_run=None, updated_at=now
+        )
+    return run, message
+
+
+async def _relay_finish(
+    live: LiveRun, *, status: str, error: ChatError | None = None
+) -> dict[str, Any]:
+    """Saves the outcome, tells every watcher, and returns the final frame."""
+    live.finishing = True
+    run, message = await database_sync_to_async(_run_finish)(
+        run_id=live.run_id,
+        status=status,
+        text=live.text,
+        first_token_at=live.first_token_at,
+        error_code=error.code if error else "",
+        error_message=error.message if error else "",
+        notice=live.notice,
+        backend_run_id=live.backend_run_id,
+    )
+    frame: dict[str, Any] = {
+        "type": {
+            Run.Status.COMPLETED: "run.completed",
+            Run.Status.CANCELLED: "run.cancelled",
+            Run.Status.FAILED: "run.failed",
+        }[status],
+        "run": str(live.run_id),
+        "message": message_to_dict(message, run),
+    }
+    if error is not None:
+        frame["error"] = {"code": error.code, "message": error.message}
+    await frame_publish(conversation_id=live.conversation_id, frame=frame)
+    return frame
+
+
+async def _on_backend(live: LiveRun, attempt: Callable[[str | None], Awaitable[None]]) -> None:
+    """Runs `attempt` stateless or on the conversation's thread, creating the thread lazily."""
+    thread_id: str | None = None
+    if live.mode == Run.Mode.THREAD:
+        thread_id = live.thread_id = live.thread_id or await _thread_new(live, lost=False)
+    try:
+        await attempt(thread_id)
+    except ThreadNotFound:
+        if thread_id is None:
+            raise
+        # The thread was deleted behind the site's back: say so, and start a new memory.
+        live.notice = MEMORY_LOST_NOTICE
+        live.thread_id = await _thread_new(live, lost=True)
+        await attempt(live.thread_id)
+
+
+async def _run_to_end(
+    live: LiveRun, attempt: Callable[[str | None], Awaitable[None]]
+) -> dict[str, Any]:
+    """Runs `attempt` and saves the reply however it ends; returns the final frame."""
+    try:
+        await _on_backend(live, attempt)
+    except asyncio.CancelledError:
+        if live.cancel_requested:
+            return await _relay_finish(live, status=Run.Status.CANCELLED)
+        await _relay_finish(
+            live,
+            status=Run.Status.FAILED,
+            error=ChatError("The server stopped while the assistant was answering."),
+        )
+        raise
+    except RunConflict as exc:
+        return await _relay_finish(live, status=Run.Status.FAILED, error=Busy(exc.message))
+    except ChatError as exc:
+        return await _relay_finish(live, status=Run.Status.FAILED, error=exc)
+    except Exception:
+        logger.exception("run %s failed", live.run_id)
+        return await _relay_finish(live, status=Run.Status.FAILED, error=ChatError())
+    else:
+        return await _relay_finish(
+            live, status=Run.Status.CANCELLED if live.cancel_requested else Run.Status.COMPLETED
+        )
+    finally:
+        # Only once the reply is saved: a snapshot meanwhile still finds the text so far.
+        LIVE_RUNS.pop(live.run_id, None)
+
+
+async def _relay(live: LiveRun) -> None:
+    backend = get_backend()
+    layer = get_channel_layer()
+    group = conversation_group(live.conversation_id)
+    run_key = str(live.run_id)
+
+    async def stream(thread_id: str | None) -> None:
+        async with aclosing(backend.run_stream(text=live.text_in, thread_id=thread_id)) as events:
+            async for event in events:
+                if type(event) is TextDelta:
+                    if live.first_token_at is None:
+                        live.first_token_at = timezone.now()
+                    live.parts.append(event.text)
+                    live.seq += 1
+                    frame = {
+                        "type": "run.delta",
+                        "run": run_key,
+                        "seq": live.seq,
+                        "text": event.text,
+                    }
+                    await layer.group_send(
+                        group, {"type": "chat.frame", "text": orjson.dumps(frame).decode()}
+                    )
+                elif type(event) is RunStarted:
+                    live.backend_run_id = event.run_id
+                    await database_sync_to_async(_run_mark_streaming)(
+                        run_id=live.run_id, backend_run_id=event.run_id
+                    )
+
+    await _run_to_end(live, stream)
+
+
+def _live_run(started: StartedRun) -> LiveRun:
+    live = LiveRun(
+        run_id=started.run.id,
+        conversation_id=started.conversation.id,
+        mode=started.run.mode,
+        text_in=started.text,
+        thread_id=started.run.thread_id,
+    )
+    LIVE_RUNS[live.run_id] = live
+    return live
+
+
+async def run_launch(started: StartedRun) -> LiveRun:
+    """Announces the run to the conversation's watchers and starts its relay task."""
+    live = _live_run(started)
+    await frame_publish(conversation_id=live.conversation_id, frame=started.started_frame())
+    live.task = asyncio.get_running_loop().create_task(_relay(live), name=f"relay-{live.run_id}")
+    return live
+
+
+@dataclass(frozen=True, slots=True)
+class WaitOutcome:
+    started: StartedRun
+    final_frame: dict[str, Any]
+    error: ChatError | None
+
+
+async def chat_wait(*, owner: Owner, conversation_id: Any, text: Any, memory: bool) -> WaitOutcome:
+    """The chat flow on a wait run (JSON API, the form without JavaScript): one answer, whole.
+    Watching sockets still see the run start and end."""
+    started = await chat_start(
+        owner=owner, conversation_id=conversation_id, text=text, memory=memory
+    )
+    live = _live_run(started)
+    await frame_publish(conversation_id=live.conversation_id, frame=started.started_frame())
+    backend = get_backend()
+
+    async def wait(thread_id: str | None) -> None:
+        result = await backend.run_wait(text=live.text_in, thread_id=thread_id)
+        live.first_token_at = timezone.now()
+        live.backend_run_id = result.run_id or ""
+        live.parts = [result.reply]
+
+    final = await _run_to_end(live, wait)
+    error = None
+    if "error" in final:
+        error = ChatError(final["error"]["message"])
+        error.code = final["error"]["code"]
+    return WaitOutcome(started=started, final_frame=final, error=error)
+
+
+# Cancel.
+
+
+def _run_for_owner(*, owner: Owner, run_id: Any) -> Run:
+    try:
+        return Run.objects.get(pk=run_id, conversation__in=conversation_queryset(owner=owner))
+    except (Run.DoesNotExist, ValueError, TypeError) as exc:
+        raise NotFound("No such run.") from exc
+
+
+async def run_cancel(*, owner: Owner, run_id: Any) -> None:
+    """Stops a run: a thread run through the backend's cancel endpoint, a stateless one by
+    closing its stream (started with on_disconnect="cancel"). The partial reply is kept."""
+    run = await database_sync_to_async(_run_for_owner)(owner=owner, run_id=run_id)
+    live = LIVE_RUNS.get(run.id)
+    if live is None or live.finishing or live.cancel_requested:
+        return
+    live.cancel_requested = True
+    if live.mode == Run.Mode.THREAD and live.backend_run_id and live.thread_id:
+        try:
+            await get_backend().run_cancel(thread_id=live.thread_id, run_id=live.backend_run_id)
+        except ChatError:
+            logger.warning("backend cancel of run %s failed; closing its stream", run.id)
+    if live.task is not None and not live.finishing:
+        live.task.cancel()
+
+
+# Memory switch and forget.
+
+
+def _conversation_set_memory(*, owner: Owner, conversation_id: Any, enabled: bool) -> Conversation:
+    conversation = conversation_get(owner=owner, conversation_id=conversation_id)
+    conversation.memory = enabled
+    conversation.save(update_fields=["memory", "updated_at"])
+    return conversation
+
+
+async def conversation_set_memory(
+    *, owner: Owner, conversation_id: Any, enabled: bool
+) -> Conversation:
+    """Flips the switch. Off never deletes the thread: on again resumes it."""
+    return await database_sync_to_async(_conversation_set_memory)(
+        owner=owner, conversation_id=conversation_id, enabled=enabled
+    )
+
+
+def _conversation_for_forget(*, owner: Owner, conversation_id: Any) -> Conversation:
+    conversation = conversation_get(owner=owner, conversation_id=conversation_id)
+    if conversation.active_run_id is not None and conversation.active_run.is_active:
+        raise Busy("Wait for the reply to finish (or stop it) before forgetting.")
+    return conversation
+
+
+def _conversation_clear_thread(*, conversation_id: uuid.UUID, thread_id: str) -> None:
+    Conversation.objects.filter(pk=conversation_id, thread_id=thread_id).update(
+        thread_id="", memory_lost_at=None, updated_at=timezone.now()
+    )
+
+
+async def conversation_forget(*, owner: Owner, conversation_id: Any) -> Conversation:
+    """Deletes the backend thread; the transcript stays. The next remembered message starts anew."""
+    conversation = await database_sync_to_async(_conversation_for_forget)(
+        owner=owner, conversation_id=conversation_id
+    )
+    if conversation.thread_id:
+        try:
+            await get_backend().thread_delete(thread_id=conversation.thread_id)
+        except ThreadNotFound:
+            pass  # already gone: forgetting it is done
+        await database_sync_to_async(_conversation_clear_thread)(
+            conversation_id=conversation.id, thread_id=conversation.thread_id
+        )
+        conversation.thread_id = ""
+    return conversation
+
+
+# Snapshots.
+
+
+def _snapshot_rows(
+    *, owner: Owner, conversation_id: Any
+) -> tuple[Conversation, list[dict[str, Any]]]:
+    conversation = conversation_get(owner=owner, conversation_id=conversation_id)
+    return conversation, transcript_rows(conversation=conversation)
+
+
+async def conversation_snapshot(*, owner: Owner, conversation_id: Any) -> dict[str, Any]:
+    """The `conversation.snapshot` frame: the transcript and the reply streamed so far."""
+    conversation, messages = await database_sync_to_async(_snapshot_rows)(
+        owner=owner, conversation_id=conversation_id
+    )
+    active_run = None
+    if conversation.active_run_id is not None and conversation.active_run.is_active:
+        live = LIVE_RUNS.get(conversation.active_run_id)
+        active_run = {
+            "run": str(conversation.active_run_id),
+            "text": live.text if live else "",
+            "seq": live.seq if live else 0,
+        }
+    return {
+        "type": "conversation.snapshot",
+        "conversation": conversation_to_dict(conversation),
+        "messages": messages,
+        "active_run": active_run,
+    }

@@ -1,0 +1,127 @@
+"""HTTP views: the chat page, the form that works without JavaScript, health.
+
+Thin: parse, call a service, render. Views that wait on the backend are async, so a slow
+reply never holds one of the server's threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib import messages as flash
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from runs import services
+from runs.backend import get_backend
+from runs.exceptions import ChatError, NotFound
+from runs.selectors import (
+    Owner,
+    conversation_get,
+    conversation_list,
+    conversation_to_dict,
+    transcript_rows,
+)
+
+
+def owner_of(request: HttpRequest) -> Owner:
+    """The request's owner; an anonymous visitor gets a saved session of their own."""
+    session = request.session
+    if session.session_key is None or not session.exists(session.session_key):
+        session.save()
+    return Owner.of(user=request.user, session_key=session.session_key)
+
+
+async def aowner_of(request: HttpRequest) -> Owner:
+    return await sync_to_async(owner_of)(request)
+
+
+def login_required_if_configured(request: HttpRequest) -> HttpResponse | None:
+    if settings.CHAT_REQUIRE_LOGIN and not request.user.is_authenticated:
+        return redirect(f"{reverse('login')}?next={request.path}")
+    return None
+
+
+def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse:
+    if refusal := login_required_if_configured(request):
+        return refusal
+    owner = owner_of(request)
+    conversation = None
+    transcript: list[dict[str, Any]] = []
+    if conversation_id is not None:
+        try:
+            conversation = conversation_get(owner=owner, conversation_id=conversation_id)
+        except NotFound:
+            return render(request, "runs/not_found.html", status=404)
+        transcript = transcript_rows(conversation=conversation)
+    active_run = None
+    if (
+        conversation is not None
+        and conversation.active_run_id
+        and conversation.active_run.is_active
+    ):
+        active_run = str(conversation.active_run_id)
+    context = {
+        "conversations": conversation_list(owner=owner),
+        "conversation": conversation,
+        "conversation_json": conversation_to_dict(conversation) if conversation else None,
+        "transcript": transcript,
+        "memory_default": conversation.memory if conversation else settings.CHAT_MEMORY_DEFAULT,
+        "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        "active_run": active_run,
+    }
+    return render(request, "runs/chat.html", context)
+
+
+@require_POST
+async def chat_form_send(request: HttpRequest) -> HttpResponse:
+    """The chat without JavaScript: post, wait for the whole reply, redirect back (PRG)."""
+    user = await request.auser()
+    if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
+        return redirect(reverse("login"))
+    owner = await aowner_of(request)
+    conversation_id = request.POST.get("conversation") or None
+    memory = request.POST.get("memory") in {"on", "true", "1"}
+    try:
+        outcome = await services.chat_wait(
+            owner=owner,
+            conversation_id=conversation_id,
+            text=request.POST.get("text", ""),
+            memory=memory,
+        )
+    except NotFound:
+        return await sync_to_async(render)(request, "runs/not_found.html", status=404)
+    except ChatError as exc:
+        await sync_to_async(flash.error)(request, exc.message)
+        target = (
+            reverse("conversation", args=[conversation_id]) if conversation_id else reverse("chat")
+        )
+        return redirect(target)
+    if outcome.error is not None:
+        await sync_to_async(flash.error)(request, outcome.error.message)
+    return redirect(reverse("conversation", args=[outcome.started.conversation.id]))
+
+
+@require_GET
+async def healthz(request: HttpRequest) -> JsonResponse:
+    def database_ok() -> bool:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    database = await sync_to_async(database_ok)()
+    backend = await get_backend().health()
+    body = {
+        "status": "ok" if database and backend else "degraded",
+        "database": "up" if database else "down",
+        "backend": "up" if backend else "down",
+    }
+    return JsonResponse(body, status=200 if database and backend else 503)

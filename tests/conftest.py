@@ -1,0 +1,161 @@
+"""Fixtures: real `langgraph dev` servers (echo model), websocket clients, sessions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from agent.server import EmbeddedBackend, free_port
+
+LOG_DIR = Path(__file__).resolve().parent.parent / "test-results"
+SEES = re.compile(r"I can see (\d+) of your messages")
+
+
+def seen_count(reply: str) -> int:
+    """How many user messages the echo model says it could see."""
+    match = SEES.search(reply)
+    assert match, f"not an echo reply: {reply!r}"
+    return int(match.group(1))
+
+
+def _start(name: str, **env: str) -> EmbeddedBackend:
+    LOG_DIR.mkdir(exist_ok=True)
+    return EmbeddedBackend(
+        model="echo", env=env, log_path=LOG_DIR / f"langgraph-{name}.log"
+    ).start()
+
+
+@pytest.fixture(scope="session")
+def langgraph() -> Iterator[EmbeddedBackend]:
+    """A real `langgraph dev` serving agent/ with the fast echo model."""
+    backend = _start("fast")
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="session")
+def langgraph_slow() -> Iterator[EmbeddedBackend]:
+    """The echo model at 60 ms a token and 60 extra tokens: a reply takes about 4 s."""
+    backend = _start("slow", AGENT_ECHO_DELAY_MS="60", AGENT_ECHO_EXTRA_TOKENS="60")
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture
+def backend_url(settings, langgraph) -> str:
+    settings.LANGGRAPH_URL = langgraph.url
+    return langgraph.url
+
+
+@pytest.fixture
+def slow_backend_url(settings, langgraph_slow) -> str:
+    settings.LANGGRAPH_URL = langgraph_slow.url
+    return langgraph_slow.url
+
+
+@pytest.fixture
+def closed_port_url(settings) -> str:
+    """A URL where nothing listens: connections are refused at once."""
+    url = f"http://127.0.0.1:{free_port()}"
+    settings.LANGGRAPH_URL = url
+    return url
+
+
+@pytest.fixture
+async def channel_layer():
+    layer = get_channel_layer()
+    await layer.flush()
+    yield layer
+    await layer.flush()
+
+
+def session_cookie_for(user=None) -> str:
+    """A saved session (signed in as `user` if given), as a Cookie header value."""
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    if user is not None:
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+
+
+class Socket:
+    """A protocol v1 client over the full ASGI stack (origin check, sessions, consumer)."""
+
+    def __init__(self, cookie: str | None = None, origin: str | None = "http://localhost") -> None:
+        from chatsite.asgi import application
+
+        headers = [(b"host", b"localhost")]
+        if origin is not None:
+            headers.append((b"origin", origin.encode()))
+        if cookie:
+            headers.append((b"cookie", cookie.encode()))
+        self.communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+
+    async def connect(self) -> Socket:
+        connected, code = await self.communicator.connect(timeout=5)
+        assert connected, f"refused with {code}"
+        return self
+
+    async def send(self, frame: dict) -> None:
+        await self.communicator.send_json_to(frame)
+
+    async def send_text(self, text: str) -> None:
+        await self.communicator.send_to(text_data=text)
+
+    async def receive(self, timeout: float = 10) -> dict:
+        return await self.communicator.receive_json_from(timeout=timeout)
+
+    async def until(self, kind: str, timeout: float = 15) -> tuple[dict, list[dict]]:
+        """Frames up to and including the first of type `kind`: (that frame, all frames)."""
+        frames = []
+        while True:
+            frame = await self.receive(timeout=timeout)
+            frames.append(frame)
+            if frame["type"] == kind:
+                return frame, frames
+
+    async def until_run_end(self, timeout: float = 20) -> tuple[dict, list[dict]]:
+        frames = []
+        while True:
+            frame = await self.receive(timeout=timeout)
+            frames.append(frame)
+            if frame["type"] in {"run.completed", "run.cancelled", "run.failed"}:
+                return frame, frames
+
+    async def chat(self, text: str, *, memory: bool, conversation: str | None = None) -> dict:
+        """Sends a message and returns its run's final frame (with `conversation` added)."""
+        await self.send(
+            {"type": "chat.send", "text": text, "memory": memory, "conversation": conversation}
+        )
+        started, _ = await self.until("run.started")
+        final, _ = await self.until_run_end()
+        assert final["run"] == started["run"]
+        return {**final, "conversation": started["conversation"], "mode": started["mode"]}
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()
+
+
+@pytest.fixture
+async def socket_factory(channel_layer):
+    sockets: list[Socket] = []
+
+    async def make(cookie: str | None = None, origin: str | None = "http://localhost") -> Socket:
+        socket = Socket(cookie=cookie, origin=origin)
+        sockets.append(socket)
+        return await socket.connect()
+
+    yield make
+    for socket in sockets:
+        await socket.close()

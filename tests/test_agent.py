@@ -1,0 +1,53 @@
+"""The embedded assistant's graph, in process."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessageChunk
+
+from agent.graph import build_graph
+from agent.models import EchoChatModel, LocalChatModel, chat_model_from_env
+
+
+def stream_tokens(graph, text: str) -> list[str]:
+    tokens = []
+    for chunk, _metadata in graph.stream(
+        {"messages": [{"role": "user", "content": text}]}, stream_mode="messages"
+    ):
+        if isinstance(chunk, AIMessageChunk) and chunk.content:
+            tokens.append(chunk.content)
+    return tokens
+
+
+def test_echo_counts_user_messages_and_streams_word_by_word():
+    graph = build_graph(EchoChatModel())
+    result = graph.invoke(
+        {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b c"}]}
+    )
+    assert result["messages"][-1].content == "You said: b c (I can see 2 of your messages)"
+    tokens = stream_tokens(graph, "hello")
+    assert tokens[:3] == ["You ", "said: ", "hello "]
+
+
+def test_echo_options_pad_and_stamp(monkeypatch):
+    monkeypatch.setenv("AGENT_MODEL", "echo")
+    monkeypatch.setenv("AGENT_ECHO_EXTRA_TOKENS", "5")
+    monkeypatch.setenv("AGENT_ECHO_STAMP", "1")
+    model = chat_model_from_env()
+    tokens = stream_tokens(build_graph(model), "hi")
+    assert len(tokens) == 10 + 5
+    assert all("@" in token for token in tokens)
+
+
+def test_unknown_model_is_refused(monkeypatch):
+    monkeypatch.setenv("AGENT_MODEL", "gpt-99")
+    with pytest.raises(ValueError, match="AGENT_MODEL"):
+        chat_model_from_env()
+
+
+@pytest.mark.model
+def test_real_smollm2_streams_tokens_through_the_graph():
+    graph = build_graph(LocalChatModel(max_tokens=12, temperature=0.0))
+    tokens = stream_tokens(graph, "Say hello.")
+    assert len(tokens) >= 2, tokens
+    assert "".join(tokens).strip()
