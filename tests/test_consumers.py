@@ -1,0 +1,328 @@
+"""Protocol v1 through the full ASGI stack, against a real `langgraph dev` (echo model)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+
+from runs.backend import get_backend
+from runs.exceptions import ThreadNotFound
+from runs.models import Conversation, Message, Run
+from tests.conftest import seen_count, session_cookie_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def conversation(conversation_id: str) -> Conversation:
+    return await Conversation.objects.aget(pk=conversation_id)
+
+
+async def test_memory_off_every_reply_sees_one_message_and_no_thread_exists(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    first = await socket.chat("hello", memory=False)
+    assert first["type"] == "run.completed"
+    assert first["mode"] == "stateless"
+    assert seen_count(first["message"]["text"]) == 1
+    second = await socket.chat("again", memory=False, conversation=first["conversation"])
+    assert seen_count(second["message"]["text"]) == 1
+    assert second["message"]["remembered"] is False
+
+    saved = await conversation(first["conversation"])
+    assert saved.thread_id == "" and saved.memory is False
+    texts = [
+        m
+        async for m in Message.objects.filter(conversation=saved).values_list("text", "remembered")
+    ]
+    assert texts[0] == ("hello", False) and texts[2] == ("again", False)
+    assert len(texts) == 4
+
+
+async def test_memory_on_the_count_grows_off_then_on_resumes_forget_starts_anew(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    one = await socket.chat("one", memory=True)
+    conv = one["conversation"]
+    assert one["mode"] == "thread" and one["message"]["remembered"] is True
+    assert seen_count(one["message"]["text"]) == 1
+    two = await socket.chat("two", memory=True, conversation=conv)
+    assert seen_count(two["message"]["text"]) == 2
+    thread_id = (await conversation(conv)).thread_id
+    assert thread_id
+
+    # Off: a stateless run that the thread never sees, and the thread is kept.
+    off = await socket.chat("aside", memory=False, conversation=conv)
+    assert seen_count(off["message"]["text"]) == 1
+    assert (await conversation(conv)).thread_id == thread_id
+
+    # On again: the same thread, which saw "one" and "two" but not "aside".
+    three = await socket.chat("three", memory=True, conversation=conv)
+    assert seen_count(three["message"]["text"]) == 3
+    assert (await conversation(conv)).thread_id == thread_id
+    thread = await get_backend().thread_state(thread_id=thread_id)
+    assert [m.text for m in thread.messages if m.role == "user"] == ["one", "two", "three"]
+
+    # Forget: the thread is deleted on the backend; the next remembered message starts afresh.
+    await socket.send({"type": "conversation.forget", "conversation": conv})
+    snapshot, _ = await socket.until("conversation.snapshot")
+    assert snapshot["conversation"]["has_thread"] is False
+    assert len(snapshot["messages"]) == 8, "the transcript stays"
+    with pytest.raises(ThreadNotFound):
+        await get_backend().thread_state(thread_id=thread_id)
+    fresh = await socket.chat("four", memory=True, conversation=conv)
+    assert seen_count(fresh["message"]["text"]) == 1
+    new_thread = (await conversation(conv)).thread_id
+    assert new_thread and new_thread != thread_id
+
+
+async def test_thread_carries_the_conversation_id_as_metadata(backend_url, socket_factory):
+    socket = await socket_factory()
+    done = await socket.chat("hi", memory=True)
+    thread_id = (await conversation(done["conversation"])).thread_id
+    from langgraph_sdk import get_client
+
+    thread = await get_client(url=backend_url, api_key=None).threads.get(thread_id)
+    assert thread["metadata"]["conversation_id"] == done["conversation"]
+
+
+async def test_memory_switch_frame_flips_without_sending(backend_url, socket_factory):
+    socket = await socket_factory()
+    done = await socket.chat("hi", memory=True)
+    await socket.send(
+        {"type": "conversation.memory", "conversation": done["conversation"], "enabled": False}
+    )
+    snapshot, _ = await socket.until("conversation.snapshot")
+    assert snapshot["conversation"]["memory"] is False
+    assert snapshot["conversation"]["has_thread"] is True
+    assert (await conversation(done["conversation"])).memory is False
+
+
+@pytest.mark.parametrize("memory", [True, False], ids=["thread", "stateless"])
+async def test_cancel_mid_stream_keeps_the_partial_reply(slow_backend_url, socket_factory, memory):
+    socket = await socket_factory()
+    await socket.send({"type": "chat.send", "text": "long one", "memory": memory})
+    started, _ = await socket.until("run.started")
+    await socket.until("run.delta")
+    await socket.until("run.delta")
+    # A second send meanwhile is refused, and nothing is lost.
+    await socket.send(
+        {
+            "type": "chat.send",
+            "text": "meanwhile",
+            "memory": memory,
+            "conversation": started["conversation"],
+            "client_id": "second",
+        }
+    )
+    busy, _ = await socket.until("error")
+    assert busy["code"] == "busy" and busy["client_id"] == "second"
+
+    await socket.send({"type": "chat.cancel", "run": started["run"]})
+    final, frames = await socket.until_run_end()
+    assert final["type"] == "run.cancelled"
+    partial = final["message"]["text"]
+    assert partial.startswith("You said: ")
+    assert "w59" not in partial, "the reply was cut short"
+    assert final["message"]["status"] == "cancelled"
+
+    run = await Run.objects.aget(pk=started["run"])
+    assert run.status == Run.Status.CANCELLED and run.reply_chars == len(partial)
+    reply = await Message.objects.aget(run=run, role="assistant")
+    assert reply.text == partial
+    assert not await Message.objects.filter(text="meanwhile").aexists()
+    # The conversation is free again.
+    after = await socket.chat("next", memory=memory, conversation=started["conversation"])
+    assert after["type"] == "run.completed"
+
+
+async def test_two_sockets_watching_one_conversation_both_get_every_delta(
+    slow_backend_url, socket_factory
+):
+    cookie = await database_sync_to_async(session_cookie_for)()
+    first = await socket_factory(cookie)
+    second = await socket_factory(cookie)
+    await first.send({"type": "chat.send", "text": "shared", "memory": True})
+    started, _ = await first.until("run.started")
+    await first.until("run.delta")
+    await first.until("run.delta")
+
+    # The second tab joins mid-run: the snapshot carries the text so far.
+    await second.send({"type": "conversation.watch", "conversation": started["conversation"]})
+    snapshot, _ = await second.until("conversation.snapshot")
+    active = snapshot["active_run"]
+    assert active["run"] == started["run"] and active["seq"] >= 2
+    assert active["text"].startswith("You said: ")
+
+    final_one, frames_one = await first.until_run_end()
+    final_two, frames_two = await second.until_run_end()
+    deltas_one = [f for f in frames_one if f["type"] == "run.delta"]
+    deltas_two = [f for f in frames_two if f["type"] == "run.delta"]
+
+    # The first socket saw every delta exactly once; the second, its snapshot plus the rest.
+    text_one = "You said: " + "".join(f["text"] for f in deltas_one)
+    assert final_one["message"]["text"] == text_one
+    seqs = [f["seq"] for f in deltas_two]
+    assert seqs == sorted(set(seqs))
+    rebuilt = active["text"] + "".join(f["text"] for f in deltas_two if f["seq"] > active["seq"])
+    assert rebuilt == final_two["message"]["text"] == final_one["message"]["text"]
+
+
+async def test_run_finishes_and_is_saved_after_the_last_socket_closes(
+    slow_backend_url, socket_factory
+):
+    socket = await socket_factory()
+    await socket.send({"type": "chat.send", "text": "bye", "memory": False})
+    started, _ = await socket.until("run.started")
+    await socket.until("run.delta")
+    await socket.close()
+
+    for _ in range(100):
+        run = await Run.objects.aget(pk=started["run"])
+        if not run.is_active:
+            break
+        await asyncio.sleep(0.1)
+    assert run.status == Run.Status.COMPLETED
+    reply = await Message.objects.aget(run=run, role="assistant")
+    assert reply.text.endswith("w59")
+
+    # Reopening shows it.
+    again = await socket_factory()
+    # A new socket without the cookie is another visitor; the owner's view is via the session.
+    await again.send({"type": "conversation.watch", "conversation": started["conversation"]})
+    refused, _ = await again.until("error")
+    assert refused["code"] == "not_found"
+
+
+async def test_a_stranger_cannot_watch_cancel_or_send_into_a_conversation(
+    backend_url, socket_factory
+):
+    owner = await socket_factory(await database_sync_to_async(session_cookie_for)())
+    stranger = await socket_factory(await database_sync_to_async(session_cookie_for)())
+    done = await owner.chat("private", memory=True)
+    conv = done["conversation"]
+    for frame in (
+        {"type": "conversation.watch", "conversation": conv},
+        {"type": "conversation.memory", "conversation": conv, "enabled": False},
+        {"type": "conversation.forget", "conversation": conv},
+        {"type": "chat.send", "text": "hi", "memory": True, "conversation": conv},
+        {"type": "chat.cancel", "run": done["run"]},
+        {"type": "conversation.watch", "conversation": str(uuid.uuid4())},
+    ):
+        await stranger.send(frame)
+        error, _ = await stranger.until("error")
+        assert error["code"] == "not_found", frame
+    assert (await conversation(conv)).memory is True
+
+
+async def test_snapshot_lists_the_transcript_oldest_first(backend_url, socket_factory):
+    cookie = await database_sync_to_async(session_cookie_for)()
+    socket = await socket_factory(cookie)
+    done = await socket.chat("first", memory=True)
+    await socket.chat("second", memory=False, conversation=done["conversation"])
+    other = await socket_factory(cookie)
+    await other.send({"type": "conversation.watch", "conversation": done["conversation"]})
+    snapshot, _ = await other.until("conversation.snapshot")
+    assert [(m["role"], m["remembered"]) for m in snapshot["messages"]] == [
+        ("user", True),
+        ("assistant", True),
+        ("user", False),
+        ("assistant", False),
+    ]
+    assert snapshot["messages"][0]["text"] == "first"
+    assert snapshot["conversation"]["title"] == "first"
+    assert snapshot["active_run"] is None
+
+
+# Every error code of the protocol.
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "invalid_frame"),
+        ('{"text": "no type"}', "invalid_frame"),
+        ('{"type": 7}', "invalid_frame"),
+        ('{"type": "chat.dance"}', "unknown_type"),
+        ('{"type": "chat.send", "memory": true}', "invalid_frame"),
+        ('{"type": "chat.send", "text": "hi"}', "invalid_frame"),
+        ('{"type": "chat.send", "text": 5, "memory": true}', "invalid_frame"),
+        ('{"type": "chat.send", "text": "hi", "memory": "yes"}', "invalid_frame"),
+        (
+            '{"type": "chat.send", "text": "hi", "memory": true, "conversation": "nope"}',
+            "invalid_frame",
+        ),
+        ('{"type": "chat.send", "text": "   ", "memory": true}', "empty_text"),
+        ('{"type": "chat.cancel"}', "invalid_frame"),
+        ('{"type": "conversation.watch", "conversation": 12}', "invalid_frame"),
+        ('{"type": "conversation.memory", "conversation": "%s"}' % uuid.uuid4(), "invalid_frame"),
+        ('{"type": "conversation.watch", "conversation": "%s"}' % uuid.uuid4(), "not_found"),
+        ('{"type": "chat.cancel", "run": "%s"}' % uuid.uuid4(), "not_found"),
+        ('{"type": "chat.send", "text": "hi", "memory": true, "client_id": 5}', "invalid_frame"),
+    ],
+)
+async def test_bad_frames_get_an_error_and_the_socket_stays_usable(
+    backend_url, socket_factory, raw, code
+):
+    socket = await socket_factory()
+    await socket.send_text(raw)
+    error = await socket.receive()
+    assert error["type"] == "error" and error["code"] == code, error
+    assert error["message"]
+    done = await socket.chat("still here", memory=False)
+    assert done["type"] == "run.completed"
+
+
+async def test_binary_frames_are_invalid(socket_factory, backend_url):
+    socket = await socket_factory()
+    await socket.communicator.send_to(bytes_data=b"\x00\x01")
+    error = await socket.receive()
+    assert error["code"] == "invalid_frame"
+
+
+async def test_text_one_over_the_limit_is_too_long_and_names_the_limit(
+    settings, backend_url, socket_factory
+):
+    settings.CHAT_MAX_MESSAGE_CHARS = 50
+    socket = await socket_factory()
+    await socket.send({"type": "chat.send", "text": "x" * 51, "memory": False, "client_id": "c1"})
+    error = await socket.receive()
+    assert error == {
+        "type": "error",
+        "code": "text_too_long",
+        "message": error["message"],
+        "client_id": "c1",
+    }
+    assert "50" in error["message"]
+    done = await socket.chat("x" * 50, memory=False)
+    assert done["type"] == "run.completed"
+
+
+async def test_backend_down_fails_the_run_and_keeps_the_users_message(
+    closed_port_url, socket_factory
+):
+    socket = await socket_factory()
+    await socket.send({"type": "chat.send", "text": "anyone there?", "memory": True})
+    started, _ = await socket.until("run.started")
+    final, _ = await socket.until_run_end()
+    assert final["type"] == "run.failed"
+    assert final["error"]["code"] == "backend_unavailable"
+    assert await Message.objects.filter(text="anyone there?", role="user").aexists()
+    run = await Run.objects.aget(pk=started["run"])
+    assert run.status == Run.Status.FAILED and run.error_code == "backend_unavailable"
+
+
+async def test_run_started_carries_the_senders_client_id(backend_url, socket_factory):
+    socket = await socket_factory()
+    await socket.send(
+        {"type": "chat.send", "text": "hi", "memory": False, "client_id": "tab-1-msg-7"}
+    )
+    started, _ = await socket.until("run.started")
+    assert started["client_id"] == "tab-1-msg-7"
+    assert started["user_message"]["text"] == "hi"
+    await socket.until_run_end()
