@@ -123,7 +123,7 @@ async def test_cancel_mid_stream_keeps_the_partial_reply(slow_backend_url, socke
     assert busy["code"] == "busy" and busy["client_id"] == "second"
 
     await socket.send({"type": "chat.cancel", "run": started["run"]})
-    final, frames = await socket.until_run_end()
+    final, _ = await socket.until_run_end()
     assert final["type"] == "run.cancelled"
     partial = final["message"]["text"]
     assert partial.startswith("You said: ")
@@ -260,9 +260,9 @@ async def test_snapshot_lists_the_transcript_oldest_first(backend_url, socket_fa
         ('{"type": "chat.send", "text": "   ", "memory": true}', "empty_text"),
         ('{"type": "chat.cancel"}', "invalid_frame"),
         ('{"type": "conversation.watch", "conversation": 12}', "invalid_frame"),
-        ('{"type": "conversation.memory", "conversation": "%s"}' % uuid.uuid4(), "invalid_frame"),
-        ('{"type": "conversation.watch", "conversation": "%s"}' % uuid.uuid4(), "not_found"),
-        ('{"type": "chat.cancel", "run": "%s"}' % uuid.uuid4(), "not_found"),
+        (f'{{"type": "conversation.memory", "conversation": "{uuid.uuid4()}"}}', "invalid_frame"),
+        (f'{{"type": "conversation.watch", "conversation": "{uuid.uuid4()}"}}', "not_found"),
+        (f'{{"type": "chat.cancel", "run": "{uuid.uuid4()}"}}', "not_found"),
         ('{"type": "chat.send", "text": "hi", "memory": true, "client_id": 5}', "invalid_frame"),
     ],
 )
