@@ -189,3 +189,4 @@ LOGGING = {
 # Static files: WhiteNoise serves them under daphne; in development straight from static/.
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
+CSRF_FAILURE_VIEW = "runs.api.csrf_failure"

@@ -12,20 +12,12 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from runs import services
-from runs.exceptions import ChatError, InvalidRequest
-from runs.selectors import Owner, conversation_get
+from runs.exceptions import ChatError, InvalidJSON, InvalidRequest, UnknownType
+from runs.selectors import conversation_get
 
 logger = logging.getLogger(__name__)
 
 CLIENT_ID_MAX_CHARS = 64
-
-
-class FrameError(ChatError):
-    """A frame refused before it reached the chat flow."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(message)
 
 
 def _uuid_field(frame: dict[str, Any], name: str, *, required: bool = True) -> uuid.UUID | None:
@@ -58,11 +50,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if settings.CHAT_REQUIRE_LOGIN and not getattr(user, "is_authenticated", False):
             await self.close(code=4401)
             return
-        session = self.scope.get("session")
-        if session is not None and session.session_key is None:
-            # A program without a cookie still gets a session of its own to own conversations.
-            await database_sync_to_async(session.save)()
-        self.owner = Owner.of(user=user, session_key=session.session_key if session else None)
+        # A program without a cookie gets a session of its own to own conversations.
+        self.owner = await database_sync_to_async(services.owner_for_session)(
+            user=user, session=self.scope["session"]
+        )
         self.groups_watched: set[str] = set()
         await self.accept()
 
@@ -86,13 +77,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         client_id = None
         try:
             if text_data is None:
-                raise FrameError("invalid_frame", "Frames must be JSON text, not binary.")
+                raise InvalidRequest("Frames must be JSON text, not binary.")
             try:
                 frame = orjson.loads(text_data)
             except orjson.JSONDecodeError:
-                raise FrameError("invalid_json", "The frame is not valid JSON.") from None
+                raise InvalidJSON() from None
             if not isinstance(frame, dict):
-                raise FrameError("invalid_frame", "A frame must be a JSON object with a `type`.")
+                raise InvalidRequest("A frame must be a JSON object with a `type`.")
             client_id = frame.get("client_id")
             if client_id is not None and (
                 not isinstance(client_id, str) or len(client_id) > CLIENT_ID_MAX_CHARS
@@ -103,10 +94,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 )
             kind = frame.get("type")
             if not isinstance(kind, str):
-                raise FrameError("invalid_frame", "A frame must have a string `type`.")
+                raise InvalidRequest("A frame must have a string `type`.")
             handler = self.FRAME_HANDLERS.get(kind)
             if handler is None:
-                raise FrameError("unknown_type", f"Unknown frame type {kind[:40]!r}.")
+                raise UnknownType(f"Unknown frame type {kind[:40]!r}.")
             await handler(self, frame, client_id)
         except ChatError as exc:
             await self.send_error(exc, client_id=client_id)

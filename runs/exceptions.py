@@ -13,8 +13,10 @@ class ChatError(Exception):
     code = "backend_error"
     default_message = "Something went wrong."
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
         self.message = message or self.default_message
+        if code is not None:
+            self.code = code
         super().__init__(self.message)
 
 
@@ -81,8 +83,19 @@ class MalformedStream(BackendError):
 
 
 class InvalidRequest(ChatError):
+    """A missing or mistyped field, a malformed uuid, a binary frame: `invalid_frame`."""
+
     code = "invalid_frame"
     default_message = "The request is not valid."
+
+
+class InvalidJSON(ChatError):
+    code = "invalid_json"
+    default_message = "The frame is not valid JSON."
+
+
+class UnknownType(ChatError):
+    code = "unknown_type"
 
 
 class EmptyText(ChatError):

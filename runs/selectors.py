@@ -14,16 +14,15 @@ from runs.rendering import markdown_to_safe_html
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """Who is asking: a signed-in user, or an anonymous visitor's session."""
+    """Who is asking: a signed-in user, or an anonymous visitor.
+
+    An anonymous visitor is known by a random key kept in their session (`session_key` here
+    and on Conversation): unlike the session's own key, it survives the key rotation at
+    sign-in, so what they started can be adopted by their account.
+    """
 
     user_id: int | None
     session_key: str
-
-    @classmethod
-    def of(cls, *, user: Any, session_key: str | None) -> Owner:
-        if user is not None and getattr(user, "is_authenticated", False):
-            return cls(user_id=user.pk, session_key=session_key or "")
-        return cls(user_id=None, session_key=session_key or "")
 
     @property
     def is_anonymous(self) -> bool:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ from runs.exceptions import (
     ChatError,
     EmptyText,
     NotFound,
+    RateLimited,
     RunConflict,
     TextTooLong,
     ThreadNotFound,
@@ -71,6 +73,31 @@ async def frame_publish(*, conversation_id: uuid.UUID | str, frame: dict[str, An
     )
 
 
+# Owners.
+
+VISITOR_SESSION_KEY = "chat_visitor"
+
+
+def owner_for_session(*, user: Any, session: Any) -> Owner:
+    """The owner behind a request or socket; an anonymous visitor gets a key of their own."""
+    if user is not None and getattr(user, "is_authenticated", False):
+        return Owner(user_id=user.pk, session_key="")
+    visitor_key = session.get(VISITOR_SESSION_KEY)
+    if not visitor_key:
+        visitor_key = session[VISITOR_SESSION_KEY] = secrets.token_urlsafe(24)
+        session.save()
+    return Owner(user_id=None, session_key=visitor_key)
+
+
+def conversations_adopt(*, user_id: int, visitor_key: str) -> int:
+    """On sign-in, the visitor's anonymous conversations become the user's."""
+    if not visitor_key:
+        return 0
+    return Conversation.objects.filter(owner__isnull=True, session_key=visitor_key).update(
+        owner_id=user_id, session_key=""
+    )
+
+
 # Text.
 
 
@@ -94,6 +121,23 @@ def _title_from(text: str) -> str:
 
 
 # Starting a run.
+
+
+def _rate_limit_check(*, owner: Owner) -> None:
+    """At most CHAT_RATE_LIMIT messages a minute per user or visitor, counted in the database
+    so that it holds across processes."""
+    limit = settings.CHAT_RATE_LIMIT
+    if limit <= 0:
+        return
+    since = timezone.now() - timedelta(minutes=1)
+    sent = Message.objects.filter(
+        conversation__in=conversation_queryset(owner=owner),
+        role=Message.Role.USER,
+        created_at__gte=since,
+    ).count()
+    if sent >= limit:
+        raise RateLimited(f"You can send {limit} messages a minute. Wait a moment and try again.")
+
 
 _NO_ACTIVE_RUN = Q(active_run__isnull=True) | ~Q(active_run__status__in=Run.ACTIVE_STATUSES)
 
@@ -120,6 +164,7 @@ class StartedRun:
 def _chat_start(
     *, owner: Owner, conversation_id: Any, text: str, memory: bool, client_id: str | None
 ) -> StartedRun:
+    _rate_limit_check(owner=owner)
     with transaction.atomic():
         if conversation_id is None:
             conversation = Conversation.objects.create(
@@ -438,8 +483,7 @@ async def chat_wait(*, owner: Owner, conversation_id: Any, text: Any, memory: bo
     final = await _run_to_end(live, wait)
     error = None
     if "error" in final:
-        error = ChatError(final["error"]["message"])
-        error.code = final["error"]["code"]
+        error = ChatError(final["error"]["message"], code=final["error"]["code"])
     return WaitOutcome(started=started, final_frame=final, error=error)
 
 
@@ -519,6 +563,17 @@ async def conversation_forget(*, owner: Owner, conversation_id: Any) -> Conversa
     return conversation
 
 
+def _conversation_delete_rows(*, conversation_id: uuid.UUID) -> None:
+    Conversation.objects.filter(pk=conversation_id).delete()
+
+
+async def conversation_delete(*, owner: Owner, conversation_id: Any) -> None:
+    """Deletes the conversation, its transcript, and its backend thread. If the backend cannot
+    be reached the conversation is kept, so no thread is left behind unseen."""
+    conversation = await conversation_forget(owner=owner, conversation_id=conversation_id)
+    await database_sync_to_async(_conversation_delete_rows)(conversation_id=conversation.id)
+
+
 # Snapshots.
 
 
@@ -548,3 +603,145 @@ async def conversation_snapshot(*, owner: Owner, conversation_id: Any) -> dict[s
         "messages": messages,
         "active_run": active_run,
     }
+
+
+# Staff: the admin console's actions, on any owner's conversations.
+
+from collections.abc import Iterable  # noqa: E402
+
+from django.db.models import Prefetch  # noqa: E402
+
+
+@dataclass(frozen=True, slots=True)
+class StaffForgetOutcome:
+    """What `conversation_forget_by_staff` did, conversation by conversation."""
+
+    forgotten: list[uuid.UUID] = field(default_factory=list)  # thread deleted (or already gone)
+    without_thread: list[uuid.UUID] = field(default_factory=list)  # nothing to forget
+    busy: list[uuid.UUID] = field(default_factory=list)  # a reply is streaming: left alone
+    failed: list[tuple[uuid.UUID, str]] = field(default_factory=list)  # backend error message
+
+
+STAFF_FORGET_CONCURRENCY = 8
+
+
+def _conversations_for_staff_forget(*, conversation_ids: list[Any]) -> list[Conversation]:
+    return list(
+        Conversation.objects.filter(pk__in=conversation_ids)
+        .select_related("active_run")
+        .order_by("-updated_at")
+    )
+
+
+async def conversation_forget_by_staff(*, conversation_ids: Iterable[Any]) -> StaffForgetOutcome:
+    """Deletes the backend thread of each conversation, whoever owns it (the admin action).
+
+    Like `conversation_forget`: the transcript stays, a thread already gone counts as forgotten,
+    and a conversation whose reply is still streaming is left alone (reported as busy).
+    """
+    conversations = await database_sync_to_async(_conversations_for_staff_forget)(
+        conversation_ids=list(conversation_ids)
+    )
+    outcome = StaffForgetOutcome()
+    to_delete: list[Conversation] = []
+    for conversation in conversations:
+        if not conversation.thread_id:
+            outcome.without_thread.append(conversation.id)
+        elif conversation.active_run_id is not None and conversation.active_run.is_active:
+            outcome.busy.append(conversation.id)
+        else:
+            to_delete.append(conversation)
+
+    backend = get_backend()
+    limit = asyncio.Semaphore(STAFF_FORGET_CONCURRENCY)
+
+    async def forget(conversation: Conversation) -> None:
+        async with limit:
+            try:
+                await backend.thread_delete(thread_id=conversation.thread_id)
+            except ThreadNotFound:
+                pass  # already gone: forgetting it is done
+            except ChatError as exc:
+                outcome.failed.append((conversation.id, exc.message))
+                return
+        await database_sync_to_async(_conversation_clear_thread)(
+            conversation_id=conversation.id, thread_id=conversation.thread_id
+        )
+        outcome.forgotten.append(conversation.id)
+
+    await asyncio.gather(*(forget(conversation) for conversation in to_delete))
+    return outcome
+
+
+EXPORT_CHUNK = 500
+
+
+def _duration_ms(delta: Any) -> int | None:
+    return None if delta is None else round(delta.total_seconds() * 1000)
+
+
+def _export_run(run: Run | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    data: dict[str, Any] = {
+        "id": str(run.id),
+        "mode": run.mode,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "time_to_first_token_ms": _duration_ms(run.time_to_first_token),
+        "duration_ms": _duration_ms(run.duration),
+    }
+    if run.error_code:
+        data["error"] = {"code": run.error_code, "message": run.error_message}
+    if run.notice:
+        data["notice"] = run.notice
+    return data
+
+
+def _export_line(conversation: Conversation) -> bytes:
+    owner = conversation.owner
+    line = {
+        "id": str(conversation.id),
+        "title": conversation.title,
+        # The session key of an anonymous owner is a credential: it is never exported.
+        "owner": {"username": owner.get_username(), "anonymous": False}
+        if owner is not None
+        else {"username": None, "anonymous": True},
+        "memory": conversation.memory,
+        "has_thread": conversation.has_thread,
+        "thread_id": conversation.thread_id or None,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+        "messages": [
+            {
+                "id": str(message.id),
+                "role": message.role,
+                "text": message.text,
+                "remembered": message.remembered,
+                "created_at": message.created_at.isoformat(),
+                "run": _export_run(message.run),
+            }
+            for message in conversation.messages.all()
+        ],
+    }
+    return orjson.dumps(line) + b"\n"
+
+
+def conversation_export_jsonl(*, conversation_ids: Iterable[Any]) -> bytes:
+    """The transcripts as JSON Lines: one conversation per line, newest activity first, each
+    with its messages (oldest first) and how their runs went. Two queries per 500."""
+    ids = list(conversation_ids)
+    conversations: list[Conversation] = []
+    for start in range(0, len(ids), EXPORT_CHUNK):
+        conversations.extend(
+            Conversation.objects.filter(pk__in=ids[start : start + EXPORT_CHUNK])
+            .select_related("owner")
+            .prefetch_related(
+                Prefetch(
+                    "messages",
+                    queryset=Message.objects.select_related("run").order_by("created_at"),
+                )
+            )
+        )
+    conversations.sort(key=lambda conversation: conversation.updated_at, reverse=True)
+    return b"".join(_export_line(conversation) for conversation in conversations)

@@ -1,10 +1,24 @@
 from django.urls import path
 
-from runs import views
+from runs import api, views
 
 urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("c/<uuid:conversation_id>/", views.chat_page, name="conversation"),
     path("send/", views.chat_form_send, name="chat_form_send"),
     path("healthz", views.healthz, name="healthz"),
+    path("api/chat/", api.chat, name="api_chat"),
+    path("api/conversations/", api.conversations, name="api_conversations"),
+    path("api/conversations/<uuid:conversation_id>/", api.conversation, name="api_conversation"),
+    path(
+        "api/conversations/<uuid:conversation_id>/memory/",
+        api.conversation_memory,
+        name="api_conversation_memory",
+    ),
+    path(
+        "api/conversations/<uuid:conversation_id>/forget/",
+        api.conversation_forget,
+        name="api_conversation_forget",
+    ),
+    path("api/<path:rest>", api.not_found),
 ]

@@ -31,10 +31,7 @@ from runs.selectors import (
 
 def owner_of(request: HttpRequest) -> Owner:
     """The request's owner; an anonymous visitor gets a saved session of their own."""
-    session = request.session
-    if session.session_key is None or not session.exists(session.session_key):
-        session.save()
-    return Owner.of(user=request.user, session_key=session.session_key)
+    return services.owner_for_session(user=request.user, session=request.session)
 
 
 async def aowner_of(request: HttpRequest) -> Owner:

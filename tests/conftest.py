@@ -159,3 +159,84 @@ async def socket_factory(channel_layer):
     yield make
     for socket in sockets:
         await socket.close()
+
+
+class FakeBackend:
+    """A small real HTTP server that misbehaves like a broken run backend.
+
+    `behaviour`: "status" (answer `status` with a JSON detail), "hang" (accept, then never
+    answer), "cut" (start a stream, send `tokens` deltas, then drop the connection).
+    """
+
+    def __init__(self, behaviour: str, *, status: int = 500, tokens: int = 3) -> None:
+        import http.server
+        import threading
+
+        fake = self
+        self.behaviour, self.status, self.tokens = behaviour, status, tokens
+        self.release = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                if self.path == "/ok":
+                    self._json(200, b'{"ok": true}')
+                elif self.path == "/threads" and self.command == "POST":
+                    self._json(200, b'{"thread_id": "fake-thread", "metadata": {}}')
+                elif fake.behaviour == "status":
+                    self._json(fake.status, b'{"detail": "the fake backend failed"}')
+                elif fake.behaviour == "hang":
+                    fake.release.wait(30)
+                    self.close_connection = True
+                elif fake.behaviour == "cut":
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.end_headers()
+                    self.wfile.write(b'event: metadata\ndata: {"run_id": "fake-run"}\n\n')
+                    for index in range(fake.tokens):
+                        chunk = f'[{{"type": "AIMessageChunk", "content": "part{index} "}}, {{}}]'
+                        self.wfile.write(f"event: messages\ndata: {chunk}\n\n".encode())
+                    self.wfile.flush()
+                    self.close_connection = True  # the connection drops mid-stream
+
+            def _json(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = _answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_backend(settings):
+    """Points the site at a misbehaving local server: `fake_backend("status", status=500)`."""
+    servers: list[FakeBackend] = []
+
+    def make(behaviour: str, **options) -> FakeBackend:
+        server = FakeBackend(behaviour, **options)
+        servers.append(server)
+        settings.LANGGRAPH_URL = server.url
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

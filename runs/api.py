@@ -1,0 +1,195 @@
+"""The JSON API (docs/api.md): the chat flow on wait runs, in protocol v1's language.
+
+Authenticated by the Django session like the page (CSRF applies to unsafe methods). Errors are
+`{"error": {"code", "message"}}` with the codes of protocol v1.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_http_methods
+
+from runs import services
+from runs.exceptions import ChatError, InvalidJSON, InvalidRequest, NotFound
+from runs.selectors import (
+    Owner,
+    conversation_get,
+    conversation_list,
+    conversation_to_dict,
+    transcript_rows,
+)
+
+STATUS_BY_CODE = {
+    "invalid_json": 400,
+    "invalid_frame": 400,
+    "empty_text": 400,
+    "login_required": 401,
+    "not_found": 404,
+    "busy": 409,
+    "text_too_long": 413,
+    "rate_limited": 429,
+    "backend_error": 502,
+    "backend_unavailable": 503,
+    "backend_timeout": 504,
+}
+
+View = Callable[..., Awaitable[JsonResponse]]
+
+
+def error_response(code: str, message: str) -> JsonResponse:
+    return JsonResponse(
+        {"error": {"code": code, "message": message}}, status=STATUS_BY_CODE.get(code, 500)
+    )
+
+
+def api_view(view: View) -> View:
+    """Resolves the owner, turns ChatErrors into JSON errors, and honours CHAT_REQUIRE_LOGIN."""
+
+    @wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        user = await request.auser()
+        if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
+            return error_response("login_required", "Sign in to use the chat.")
+        owner = await sync_to_async(services.owner_for_session)(user=user, session=request.session)
+        try:
+            return await view(request, owner, *args, **kwargs)
+        except ChatError as exc:
+            return error_response(exc.code, exc.message)
+
+    return wrapper
+
+
+def json_body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        body = orjson.loads(request.body or b"")
+    except orjson.JSONDecodeError:
+        raise InvalidJSON("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+def bool_field(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"`{name}` is required and must be true or false.")
+    return value
+
+
+def uuid_field(body: dict[str, Any], name: str) -> uuid.UUID | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"`{name}` must be a uuid string or null.")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidRequest(f"`{name}` is not a valid uuid.") from None
+
+
+@require_http_methods(["POST"])
+@api_view
+async def chat(request: HttpRequest, owner: Owner) -> JsonResponse:
+    body = json_body(request)
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise InvalidRequest("`text` is required and must be a string.")
+    outcome = await services.chat_wait(
+        owner=owner,
+        conversation_id=uuid_field(body, "conversation"),
+        text=text,
+        memory=bool_field(body, "memory"),
+    )
+    if outcome.error is not None:
+        # The user's message and the partial reply are saved; the error says what happened.
+        return error_response(outcome.error.code, outcome.error.message)
+    return JsonResponse(
+        {
+            "conversation": str(outcome.started.conversation.id),
+            "run": str(outcome.started.run.id),
+            "mode": outcome.started.run.mode,
+            "reply": outcome.final_frame["message"],
+        }
+    )
+
+
+@require_http_methods(["GET"])
+@ensure_csrf_cookie
+@api_view
+async def conversations(request: HttpRequest, owner: Owner) -> JsonResponse:
+    rows = await sync_to_async(conversation_list)(owner=owner)
+    return JsonResponse({"conversations": [conversation_to_dict(row) for row in rows]})
+
+
+def _conversation_detail(*, owner: Owner, conversation_id: uuid.UUID) -> dict[str, Any]:
+    conversation = conversation_get(owner=owner, conversation_id=conversation_id)
+    return {
+        **conversation_to_dict(conversation),
+        "messages": transcript_rows(conversation=conversation),
+    }
+
+
+@require_http_methods(["GET", "DELETE"])
+@ensure_csrf_cookie
+@api_view
+async def conversation(
+    request: HttpRequest, owner: Owner, conversation_id: uuid.UUID
+) -> JsonResponse:
+    if request.method == "DELETE":
+        await services.conversation_delete(owner=owner, conversation_id=conversation_id)
+        return JsonResponse({"deleted": str(conversation_id)})
+    detail = await sync_to_async(_conversation_detail)(owner=owner, conversation_id=conversation_id)
+    return JsonResponse(detail)
+
+
+@require_http_methods(["POST"])
+@api_view
+async def conversation_memory(
+    request: HttpRequest, owner: Owner, conversation_id: uuid.UUID
+) -> JsonResponse:
+    enabled = bool_field(json_body(request), "enabled")
+    updated = await services.conversation_set_memory(
+        owner=owner, conversation_id=conversation_id, enabled=enabled
+    )
+    return JsonResponse(conversation_to_dict(updated))
+
+
+@require_http_methods(["POST"])
+@api_view
+async def conversation_forget(
+    request: HttpRequest, owner: Owner, conversation_id: uuid.UUID
+) -> JsonResponse:
+    updated = await services.conversation_forget(owner=owner, conversation_id=conversation_id)
+    return JsonResponse(conversation_to_dict(updated))
+
+
+async def not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    return error_response(NotFound.code, "No such API endpoint or conversation.")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> JsonResponse:
+    """CSRF refusals: JSON for the API, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {
+                "error": {
+                    "code": "csrf_failed",
+                    "message": "CSRF check failed: send the csrftoken cookie's value in an "
+                    "X-CSRFToken header (see docs/api.md).",
+                }
+            },
+            status=403,
+        )
+    from django.views.csrf import csrf_failure as django_csrf_failure
+
+    return django_csrf_failure(request, reason=reason)

@@ -1,0 +1,359 @@
+"""The JSON API, the form without JavaScript, ownership on every path, and CSRF."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.contrib.auth.models import User
+from django.test import Client
+
+from runs.backend import get_backend
+from runs.exceptions import ThreadNotFound
+from runs.models import Conversation, Message, Run
+from tests.conftest import Socket, seen_count
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def post(client: Client, path: str, body: dict | None = None, **extra):
+    return client.post(path, body or {}, content_type="application/json", **extra)
+
+
+def say(client: Client, text: str, *, memory: bool, conversation: str | None = None) -> dict:
+    response = post(
+        client, "/api/chat/", {"text": text, "memory": memory, "conversation": conversation}
+    )
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def thread_is_gone(thread_id: str) -> bool:
+    async def check() -> bool:
+        try:
+            await get_backend().thread_state(thread_id=thread_id)
+        except ThreadNotFound:
+            return True
+        return False
+
+    return async_to_sync(check)()
+
+
+# The API in both modes: the counts prove what the backend saw.
+
+
+def test_api_memory_off_each_reply_sees_one_message(client, backend_url):
+    first = say(client, "hello", memory=False)
+    assert first["mode"] == "stateless"
+    assert first["reply"]["role"] == "assistant" and first["reply"]["remembered"] is False
+    assert seen_count(first["reply"]["text"]) == 1
+    second = say(client, "again", memory=False, conversation=first["conversation"])
+    assert second["conversation"] == first["conversation"]
+    assert seen_count(second["reply"]["text"]) == 1
+    assert Conversation.objects.get(pk=first["conversation"]).thread_id == ""
+
+
+def test_api_memory_on_remembers_forget_and_delete(client, backend_url):
+    one = say(client, "one", memory=True)
+    conv = one["conversation"]
+    assert one["mode"] == "thread" and one["reply"]["remembered"] is True
+    assert seen_count(say(client, "two", memory=True, conversation=conv)["reply"]["text"]) == 2
+
+    # Off leaves the thread alone; on again resumes it.
+    flipped = post(client, f"/api/conversations/{conv}/memory/", {"enabled": False}).json()
+    assert flipped["memory"] is False and flipped["has_thread"] is True
+    assert seen_count(say(client, "aside", memory=False, conversation=conv)["reply"]["text"]) == 1
+    assert seen_count(say(client, "three", memory=True, conversation=conv)["reply"]["text"]) == 3
+
+    detail = client.get(f"/api/conversations/{conv}/").json()
+    assert [m["text"] for m in detail["messages"] if m["role"] == "user"] == [
+        "one",
+        "two",
+        "aside",
+        "three",
+    ]
+    assert [m["remembered"] for m in detail["messages"] if m["role"] == "user"] == [
+        True,
+        True,
+        False,
+        True,
+    ]
+    listing = client.get("/api/conversations/").json()
+    assert [c["id"] for c in listing["conversations"]] == [conv]
+
+    thread_id = Conversation.objects.get(pk=conv).thread_id
+    forgotten = post(client, f"/api/conversations/{conv}/forget/").json()
+    assert forgotten["has_thread"] is False
+    assert thread_is_gone(thread_id)
+    assert seen_count(say(client, "four", memory=True, conversation=conv)["reply"]["text"]) == 1
+
+    new_thread = Conversation.objects.get(pk=conv).thread_id
+    deleted = client.delete(f"/api/conversations/{conv}/")
+    assert deleted.status_code == 200
+    assert not Conversation.objects.filter(pk=conv).exists()
+    assert thread_is_gone(new_thread)
+    assert client.get(f"/api/conversations/{conv}/").status_code == 404
+
+
+# Every error status.
+
+
+def error_of(response, status: int, code: str) -> str:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]["message"]
+
+
+def test_invalid_requests_are_400(client, backend_url):
+    error_of(
+        client.post("/api/chat/", "{nope", content_type="application/json"), 400, "invalid_json"
+    )
+    error_of(post(client, "/api/chat/", {"text": "hi"}), 400, "invalid_frame")
+    error_of(post(client, "/api/chat/", {"memory": True}), 400, "invalid_frame")
+    error_of(
+        post(client, "/api/chat/", {"text": "hi", "memory": True, "conversation": "x"}),
+        400,
+        "invalid_frame",
+    )
+    error_of(post(client, "/api/chat/", {"text": " \n ", "memory": True}), 400, "empty_text")
+    error_of(
+        client.post("/api/chat/", "[1]", content_type="application/json"), 400, "invalid_frame"
+    )
+    assert not Message.objects.exists()
+
+
+def test_unknown_conversations_and_endpoints_are_404(client, backend_url):
+    missing = uuid.uuid4()
+    error_of(client.get(f"/api/conversations/{missing}/"), 404, "not_found")
+    error_of(post(client, f"/api/conversations/{missing}/forget/"), 404, "not_found")
+    error_of(
+        post(client, "/api/chat/", {"text": "hi", "memory": True, "conversation": str(missing)}),
+        404,
+        "not_found",
+    )
+    error_of(client.get("/api/nothing-here/"), 404, "not_found")
+
+
+def test_a_second_message_while_one_runs_is_409(client, backend_url):
+    done = say(client, "first", memory=True)
+    conversation = Conversation.objects.get(pk=done["conversation"])
+    running = Run.objects.create(
+        conversation=conversation, mode=Run.Mode.THREAD, status=Run.Status.STREAMING
+    )
+    Conversation.objects.filter(pk=conversation.pk).update(active_run=running)
+    error_of(
+        post(
+            client,
+            "/api/chat/",
+            {"text": "again", "memory": True, "conversation": str(conversation.pk)},
+        ),
+        409,
+        "busy",
+    )
+    error_of(post(client, f"/api/conversations/{conversation.pk}/forget/"), 409, "busy")
+    assert not Message.objects.filter(text="again").exists()
+
+
+def test_too_long_is_413_and_names_the_limit(client, settings, backend_url):
+    settings.CHAT_MAX_MESSAGE_CHARS = 100
+    message = error_of(
+        post(client, "/api/chat/", {"text": "y" * 101, "memory": False}), 413, "text_too_long"
+    )
+    assert "100" in message
+
+
+def test_rate_limit_is_429(client, settings, backend_url):
+    settings.CHAT_RATE_LIMIT = 2
+    say(client, "a", memory=False)
+    say(client, "b", memory=False)
+    error_of(post(client, "/api/chat/", {"text": "c", "memory": False}), 429, "rate_limited")
+    # Another visitor has a budget of their own.
+    assert (
+        Client()
+        .post("/api/chat/", {"text": "d", "memory": False}, content_type="application/json")
+        .status_code
+        == 200
+    )
+
+
+def test_backend_error_is_502_and_the_users_message_is_kept(client, fake_backend):
+    fake_backend("status", status=500)
+    error_of(post(client, "/api/chat/", {"text": "kept?", "memory": False}), 502, "backend_error")
+    message = Message.objects.get(text="kept?")
+    assert message.role == "user"
+    assert message.run.status == Run.Status.FAILED and message.run.error_code == "backend_error"
+
+
+def test_backend_down_is_503(client, closed_port_url):
+    error_of(
+        post(client, "/api/chat/", {"text": "hello?", "memory": True}), 503, "backend_unavailable"
+    )
+    assert Message.objects.filter(text="hello?").exists()
+
+
+def test_backend_hanging_is_504(client, settings, fake_backend):
+    fake_backend("hang")
+    settings.LANGGRAPH_WAIT_TIMEOUT = 0.5
+    error_of(post(client, "/api/chat/", {"text": "slow?", "memory": False}), 504, "backend_timeout")
+
+
+# The form without JavaScript.
+
+
+def test_form_chats_without_javascript(client, backend_url):
+    page = client.get("/")
+    assert b'action="/send/"' in page.content
+    response = client.post("/send/", {"text": "no js here", "memory": "on"})
+    assert response.status_code == 302
+    conversation = Conversation.objects.get()
+    assert response["Location"] == f"/c/{conversation.pk}/"
+    page = client.get(response["Location"]).content.decode()
+    assert "no js here" in page
+    assert "I can see 1 of your messages" in page
+
+    client.post("/send/", {"text": "second", "memory": "on", "conversation": str(conversation.pk)})
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert "I can see 2 of your messages" in page
+    # Memory off: the checkbox left unticked.
+    client.post("/send/", {"text": "third", "conversation": str(conversation.pk)})
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert "You said: third (I can see 1 of your messages)" in page
+    assert "not remembered" in page
+
+
+def test_form_shows_errors_inline(client, closed_port_url):
+    response = client.post("/send/", {"text": "anyone?", "memory": "on"}, follow=True)
+    page = response.content.decode()
+    assert "unavailable" in page
+    assert "anyone?" in page, "the message is kept"
+    response = client.post("/send/", {"text": "   ", "memory": "on"}, follow=True)
+    assert "Type a message first." in response.content.decode()
+
+
+# Ownership: nobody reads or touches another's conversation by any path.
+
+
+@pytest.fixture
+def people(db):
+    alice = User.objects.create_user("alice", password="pw-alice-123")
+    staff = User.objects.create_user("staffer", password="pw-staff-123", is_staff=True)
+    anonymous_a, anonymous_b, signed_in, staff_client = Client(), Client(), Client(), Client()
+    signed_in.force_login(alice)
+    staff_client.force_login(staff)
+    return {
+        "anonymous_a": anonymous_a,
+        "anonymous_b": anonymous_b,
+        "alice": signed_in,
+        "staff": staff_client,
+    }
+
+
+def cookie_of(client: Client) -> str:
+    client.get("/")
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+@pytest.mark.parametrize("owner_name", ["anonymous_a", "alice"])
+def test_ownership_matrix(people, backend_url, owner_name):
+    owner = people[owner_name]
+    done = say(owner, "mine", memory=True)
+    conv = done["conversation"]
+    assert owner.get(f"/c/{conv}/").status_code == 200
+
+    for name, other in people.items():
+        if name == owner_name:
+            continue
+        assert other.get(f"/c/{conv}/").status_code == 404, name
+        assert other.get(f"/api/conversations/{conv}/").status_code == 404, name
+        assert conv not in other.get("/api/conversations/").content.decode(), name
+        for path, body in (
+            (f"/api/conversations/{conv}/memory/", {"enabled": False}),
+            (f"/api/conversations/{conv}/forget/", {}),
+            ("/api/chat/", {"text": "intrude", "memory": True, "conversation": conv}),
+        ):
+            assert post(other, path, body).status_code == 404, (name, path)
+        assert other.delete(f"/api/conversations/{conv}/").status_code == 404, name
+        response = other.post("/send/", {"text": "intrude", "memory": "on", "conversation": conv})
+        assert response.status_code == 404, name
+
+        async def over_websocket(cookie: str) -> list[str]:
+            socket = await Socket(cookie=cookie).connect()
+            codes = []
+            for frame in (
+                {"type": "conversation.watch", "conversation": conv},
+                {"type": "conversation.forget", "conversation": conv},
+                {"type": "chat.cancel", "run": done["run"]},
+                {"type": "chat.send", "text": "x", "memory": True, "conversation": conv},
+            ):
+                await socket.send(frame)
+                codes.append((await socket.receive())["code"])
+            await socket.close()
+            return codes
+
+        assert async_to_sync(over_websocket)(cookie_of(other)) == ["not_found"] * 4, name
+
+    saved = Conversation.objects.get(pk=conv)
+    assert saved.memory is True and saved.thread_id
+    assert not Message.objects.filter(text="intrude").exists()
+
+
+def test_anonymous_conversations_are_adopted_at_sign_in(client, backend_url):
+    User.objects.create_user("bob", password="pw-bob-12345")
+    done = say(client, "before signing in", memory=False)
+    response = client.post("/accounts/login/", {"username": "bob", "password": "pw-bob-12345"})
+    assert response.status_code == 302
+    listing = client.get("/api/conversations/").json()["conversations"]
+    assert [c["id"] for c in listing] == [done["conversation"]]
+    assert Conversation.objects.get(pk=done["conversation"]).owner.username == "bob"
+    # Signed out, the visitor starts afresh and sees nothing of bob's.
+    client.post("/accounts/logout/")
+    assert client.get("/api/conversations/").json() == {"conversations": []}
+
+
+def test_require_login_everywhere(client, settings, backend_url):
+    settings.CHAT_REQUIRE_LOGIN = True
+    assert client.get("/").status_code == 302
+    error_of(post(client, "/api/chat/", {"text": "hi", "memory": True}), 401, "login_required")
+    assert client.post("/send/", {"text": "hi"}).status_code == 302
+
+    async def refused() -> bool:
+        connected, _ = await Socket().communicator.connect(timeout=5)
+        return connected
+
+    assert async_to_sync(refused)() is False
+    User.objects.create_user("carol", password="pw-carol-123")
+    client.login(username="carol", password="pw-carol-123")
+    assert client.get("/").status_code == 200
+    assert seen_count(say(client, "in", memory=False)["reply"]["text"]) == 1
+
+
+# CSRF: every unsafe request made with a session.
+
+
+def test_csrf_is_enforced_on_every_unsafe_session_request(backend_url):
+    client = Client(enforce_csrf_checks=True)
+    listing = client.get("/api/conversations/")
+    token = listing.cookies["csrftoken"].value
+    refused = post(client, "/api/chat/", {"text": "hi", "memory": False})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "csrf_failed"
+    assert client.post("/send/", {"text": "hi", "memory": "on"}).status_code == 403
+    assert not Message.objects.exists()
+
+    done = post(client, "/api/chat/", {"text": "hi", "memory": True}, HTTP_X_CSRFTOKEN=token)
+    assert done.status_code == 200
+    conv = done.json()["conversation"]
+    for method, path in (
+        ("post", f"/api/conversations/{conv}/memory/"),
+        ("post", f"/api/conversations/{conv}/forget/"),
+        ("delete", f"/api/conversations/{conv}/"),
+    ):
+        response = getattr(client, method)(
+            path, {"enabled": False}, content_type="application/json"
+        )
+        assert response.status_code == 403, path
+    assert Conversation.objects.filter(pk=conv, memory=True).exists()
+    ok = client.delete(f"/api/conversations/{conv}/", HTTP_X_CSRFTOKEN=token)
+    assert ok.status_code == 200
