@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], check=True)
+    # Runs a previous server left streaming are marked interrupted, never stuck.
+    subprocess.run([sys.executable, "manage.py", "recover_runs"], check=True)
 
     backend = None
     if not os.environ.get("LANGGRAPH_URL"):

@@ -190,3 +190,5 @@ LOGGING = {
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
 CSRF_FAILURE_VIEW = "runs.api.csrf_failure"
+# Relays record their progress this often; a run silent for three beats is swept as interrupted.
+CHAT_RELAY_HEARTBEAT_SECONDS = env.float("CHAT_RELAY_HEARTBEAT_SECONDS", default=5.0)

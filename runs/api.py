@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
-import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
@@ -19,7 +18,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods
 
 from runs import services
-from runs.exceptions import ChatError, InvalidJSON, InvalidRequest, NotFound
+from runs.exceptions import ChatError, InvalidRequest, NotFound
 from runs.selectors import (
     Owner,
     conversation_get,
@@ -27,6 +26,7 @@ from runs.selectors import (
     conversation_to_dict,
     transcript_rows,
 )
+from runs.wire import json_object_parse
 
 STATUS_BY_CODE = {
     "invalid_json": 400,
@@ -69,13 +69,7 @@ def api_view(view: View) -> View:
 
 
 def json_body(request: HttpRequest) -> dict[str, Any]:
-    try:
-        body = orjson.loads(request.body or b"")
-    except orjson.JSONDecodeError:
-        raise InvalidJSON("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
+    return json_object_parse(request.body or b"", what="request body")
 
 
 def bool_field(body: dict[str, Any], name: str) -> bool:

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
+from importlib import import_module
 from typing import Any
 
 import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY
 
 from runs import services
-from runs.exceptions import ChatError, InvalidJSON, InvalidRequest, UnknownType
+from runs.exceptions import ChatError, InvalidRequest, RateLimited, UnknownType
 from runs.selectors import conversation_get
+from runs.wire import json_object_parse
 
 logger = logging.getLogger(__name__)
 
 CLIENT_ID_MAX_CHARS = 64
+# Open sockets per user or visitor, in this process.
+_open_sockets: Counter[str] = Counter()
 
 
 def _uuid_field(frame: dict[str, Any], name: str, *, required: bool = True) -> uuid.UUID | None:
@@ -55,12 +61,39 @@ class ChatConsumer(AsyncWebsocketConsumer):
             user=user, session=self.scope["session"]
         )
         self.groups_watched: set[str] = set()
+        self.counted = False
         await self.accept()
+        owner_key = self.owner.identity
+        if _open_sockets[owner_key] >= settings.CHAT_MAX_SOCKETS_PER_SESSION:
+            await self.send_error(
+                RateLimited(
+                    f"Too many open connections: at most {settings.CHAT_MAX_SOCKETS_PER_SESSION} "
+                    "at once. Close another tab and try again."
+                ),
+                client_id=None,
+            )
+            await self.close(code=4429)
+            return
+        _open_sockets[owner_key] += 1
+        self.counted = True
+        services.relays_supervisor_ensure()
 
     async def disconnect(self, code: int) -> None:
         # The runs this socket started go on: their relays are not tied to it.
         for group in getattr(self, "groups_watched", ()):
             await self.channel_layer.group_discard(group, self.channel_name)
+        if getattr(self, "counted", False):
+            _open_sockets[self.owner.identity] -= 1
+            if _open_sockets[self.owner.identity] <= 0:
+                del _open_sockets[self.owner.identity]
+
+    def _still_signed_in(self) -> bool:
+        """False once the session this socket was opened with has been signed out or expired."""
+        session_key = self.scope["session"].session_key
+        if not session_key:
+            return False
+        data = import_module(settings.SESSION_ENGINE).SessionStore(session_key).load()
+        return data.get(SESSION_KEY) == str(self.owner.user_id)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale DB connections in a thread before every message; this consumer
@@ -78,12 +111,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             if text_data is None:
                 raise InvalidRequest("Frames must be JSON text, not binary.")
-            try:
-                frame = orjson.loads(text_data)
-            except orjson.JSONDecodeError:
-                raise InvalidJSON() from None
-            if not isinstance(frame, dict):
-                raise InvalidRequest("A frame must be a JSON object with a `type`.")
+            frame = json_object_parse(text_data)
             client_id = frame.get("client_id")
             if client_id is not None and (
                 not isinstance(client_id, str) or len(client_id) > CLIENT_ID_MAX_CHARS
@@ -92,6 +120,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise InvalidRequest(
                     f"`client_id` must be a string of at most {CLIENT_ID_MAX_CHARS} characters."
                 )
+            if (
+                self.owner.user_id is not None
+                and not await database_sync_to_async(self._still_signed_in)()
+            ):
+                await self.send_error(
+                    ChatError("You were signed out. Sign in again to go on.", code="signed_out"),
+                    client_id=client_id,
+                )
+                await self.close(code=4401)
+                return
             kind = frame.get("type")
             if not isinstance(kind, str):
                 raise InvalidRequest("A frame must have a string `type`.")

@@ -79,6 +79,10 @@ class Run(models.Model):
     first_token_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     reply_chars = models.PositiveIntegerField(default=0)
+    # Kept every few seconds while streaming (never per token) by the process relaying the run,
+    # so a crash loses at most those seconds and a sweeper can tell the relay is gone.
+    partial_text = models.TextField(blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Told to the user with the reply, e.g. that the old memory was gone and a new one began.
     notice = models.CharField(max_length=300, blank=True)
 

@@ -25,6 +25,10 @@ class Owner:
     session_key: str
 
     @property
+    def identity(self) -> str:
+        return f"user:{self.user_id}" if self.user_id is not None else f"visitor:{self.session_key}"
+
+    @property
     def is_anonymous(self) -> bool:
         return self.user_id is None
 

@@ -33,6 +33,7 @@ from runs.exceptions import (
     Busy,
     ChatError,
     EmptyText,
+    InvalidRequest,
     NotFound,
     RateLimited,
     RunConflict,
@@ -52,6 +53,8 @@ from runs.selectors import (
 logger = logging.getLogger(__name__)
 
 TITLE_CHARS = 60
+# The error code of a run whose relay stopped with its process (a restart, a crash).
+INTERRUPTED = "interrupted"
 MEMORY_LOST_NOTICE = (
     "The assistant's earlier memory of this conversation was gone from the backend, "
     "so it started a fresh memory with this message."
@@ -107,6 +110,10 @@ def message_text_clean(*, text: Any) -> str:
     cleaned = text.strip()
     if not cleaned:
         raise EmptyText()
+    try:
+        cleaned.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("`text` must be valid Unicode (it has a lone surrogate).") from None
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(cleaned) > limit:
         raise TextTooLong(
@@ -176,6 +183,7 @@ def _chat_start(
                 raise Busy()
         mode = Run.Mode.THREAD if memory else Run.Mode.STATELESS
         run = Run.objects.create(
+            heartbeat_at=timezone.now(),
             conversation=conversation,
             mode=mode,
             thread_id=conversation.thread_id if memory else "",
@@ -295,26 +303,29 @@ def _run_finish(
     error_message: str = "",
     notice: str = "",
     backend_run_id: str = "",
-) -> tuple[Run, Message]:
-    """Saves the reply (complete or as far as it got) and frees the conversation: 3 writes."""
+) -> tuple[Run, Message] | None:
+    """Saves the reply (complete or as far as it got) and frees the conversation, in a constant
+    number of queries. None when the run had already been finished (e.g. swept as interrupted)."""
     now = timezone.now()
+    updates: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "first_token_at": first_token_at,
+        "reply_chars": len(text),
+        "error_code": error_code,
+        "error_message": error_message,
+        "partial_text": "",
+        "heartbeat_at": now,
+    }
+    if notice:
+        updates["notice"] = notice
+    if backend_run_id:
+        updates["backend_run_id"] = backend_run_id
     with transaction.atomic():
-        run = Run.objects.select_related("conversation").get(pk=run_id)
-        run.status = status
-        run.finished_at = now
-        run.first_token_at = first_token_at
-        run.reply_chars = len(text)
-        run.error_code = error_code
-        run.error_message = error_message
-        run.notice = notice or run.notice
-        if backend_run_id:
-            run.backend_run_id = backend_run_id
-        run.save(
-            update_fields=[
-                "status", "finished_at", "first_token_at", "reply_chars",
-                "error_code", "error_message", "notice", "backend_run_id",
-            ]
-        )  # fmt: skip
+        # Only one finisher wins, whichever process it runs in.
+        if not Run.objects.filter(pk=run_id, status__in=Run.ACTIVE_STATUSES).update(**updates):
+            return None
+        run = Run.objects.get(pk=run_id)
         message = Message.objects.create(
             conversation_id=run.conversation_id,
             role=Message.Role.ASSISTANT,
@@ -328,12 +339,27 @@ def _run_finish(
     return run, message
 
 
+def _final_frame(run: Run, message: Message) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": {
+            Run.Status.COMPLETED: "run.completed",
+            Run.Status.CANCELLED: "run.cancelled",
+            Run.Status.FAILED: "run.failed",
+        }[run.status],
+        "run": str(run.id),
+        "message": message_to_dict(message, run),
+    }
+    if run.error_code:
+        frame["error"] = {"code": run.error_code, "message": run.error_message}
+    return frame
+
+
 async def _relay_finish(
     live: LiveRun, *, status: str, error: ChatError | None = None
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Saves the outcome, tells every watcher, and returns the final frame."""
     live.finishing = True
-    run, message = await database_sync_to_async(_run_finish)(
+    finished = await database_sync_to_async(_run_finish)(
         run_id=live.run_id,
         status=status,
         text=live.text,
@@ -343,17 +369,9 @@ async def _relay_finish(
         notice=live.notice,
         backend_run_id=live.backend_run_id,
     )
-    frame: dict[str, Any] = {
-        "type": {
-            Run.Status.COMPLETED: "run.completed",
-            Run.Status.CANCELLED: "run.cancelled",
-            Run.Status.FAILED: "run.failed",
-        }[status],
-        "run": str(live.run_id),
-        "message": message_to_dict(message, run),
-    }
-    if error is not None:
-        frame["error"] = {"code": error.code, "message": error.message}
+    if finished is None:
+        return None
+    frame = _final_frame(*finished)
     await frame_publish(conversation_id=live.conversation_id, frame=frame)
     return frame
 
@@ -376,7 +394,7 @@ async def _on_backend(live: LiveRun, attempt: Callable[[str | None], Awaitable[N
 
 async def _run_to_end(
     live: LiveRun, attempt: Callable[[str | None], Awaitable[None]]
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Runs `attempt` and saves the reply however it ends; returns the final frame."""
     try:
         await _on_backend(live, attempt)
@@ -386,7 +404,9 @@ async def _run_to_end(
         await _relay_finish(
             live,
             status=Run.Status.FAILED,
-            error=ChatError("The server stopped while the assistant was answering."),
+            error=ChatError(
+                "The server stopped while the assistant was answering.", code=INTERRUPTED
+            ),
         )
         raise
     except RunConflict as exc:
@@ -446,6 +466,7 @@ def _live_run(started: StartedRun) -> LiveRun:
         thread_id=started.run.thread_id,
     )
     LIVE_RUNS[live.run_id] = live
+    relays_supervisor_ensure()
     return live
 
 
@@ -481,10 +502,88 @@ async def chat_wait(*, owner: Owner, conversation_id: Any, text: Any, memory: bo
         live.parts = [result.reply]
 
     final = await _run_to_end(live, wait)
+    if final is None:
+        raise ChatError("The server stopped while the assistant was answering.", code=INTERRUPTED)
     error = None
     if "error" in final:
         error = ChatError(final["error"]["message"], code=final["error"]["code"])
     return WaitOutcome(started=started, final_frame=final, error=error)
+
+
+# Relays that stop with their process: heartbeats and the sweep.
+
+
+def _relays_heartbeat(*, snapshots: list[tuple[uuid.UUID, str]]) -> None:
+    now = timezone.now()
+    Run.objects.bulk_update(
+        [Run(pk=run_id, partial_text=text, heartbeat_at=now) for run_id, text in snapshots],
+        ["partial_text", "heartbeat_at"],
+    )
+
+
+def runs_interrupt(
+    *, stale_after: timedelta | None, exclude: set[uuid.UUID] = frozenset()
+) -> list[dict[str, Any]]:
+    """Fails the active runs whose relay is gone (no heartbeat for `stale_after`; all of them
+    when None), keeping the reply as far as it was saved. Returns their final frames."""
+    runs = Run.objects.filter(status__in=Run.ACTIVE_STATUSES).exclude(pk__in=exclude)
+    if stale_after is not None:
+        runs = runs.filter(heartbeat_at__lt=timezone.now() - stale_after)
+    frames = []
+    for run in runs.only("pk", "partial_text", "first_token_at"):
+        finished = _run_finish(
+            run_id=run.pk,
+            status=Run.Status.FAILED,
+            text=run.partial_text,
+            first_token_at=run.first_token_at,
+            error_code=INTERRUPTED,
+            error_message="The server stopped while the assistant was answering. "
+            "The reply is kept as far as it got.",
+        )
+        if finished is not None:
+            frames.append(_final_frame(*finished))
+    return frames
+
+
+async def relays_supervise_once() -> None:
+    """One beat: record the progress of this process's relays, then fail the runs whose relay
+    has stopped beating anywhere and tell their watchers."""
+    live = [(run.run_id, run.text) for run in LIVE_RUNS.values() if not run.finishing]
+    if live:
+        await database_sync_to_async(_relays_heartbeat)(snapshots=live)
+    beat = settings.CHAT_RELAY_HEARTBEAT_SECONDS
+    frames = await database_sync_to_async(runs_interrupt)(
+        stale_after=timedelta(seconds=beat * 3), exclude=set(LIVE_RUNS)
+    )
+    for frame in frames:
+        conversation_id = (
+            await Run.objects.filter(pk=frame["run"])
+            .values_list("conversation_id", flat=True)
+            .aget()
+        )
+        await frame_publish(conversation_id=conversation_id, frame=frame)
+
+
+async def _relays_supervise() -> None:
+    while True:
+        await asyncio.sleep(settings.CHAT_RELAY_HEARTBEAT_SECONDS)
+        try:
+            await relays_supervise_once()
+        except Exception:
+            logger.exception("relay supervision failed; trying again at the next beat")
+
+
+_supervisors: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+
+
+def relays_supervisor_ensure() -> None:
+    """Starts this event loop's supervisor once (a process with sockets or relays has one)."""
+    loop = asyncio.get_running_loop()
+    task = _supervisors.get(loop)
+    if task is None or task.done():
+        for old in [old for old in _supervisors if old.is_closed()]:
+            del _supervisors[old]
+        _supervisors[loop] = loop.create_task(_relays_supervise(), name="relay-supervisor")
 
 
 # Cancel.
