@@ -21,7 +21,7 @@ WEBSOCKET_MAX_BYTES = 256 * 1024
 
 def daphne_command(*, host: str, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "daphne",
+        sys.executable, "-m", "chatsite.serve",
         "-b", host, "-p", str(port),
         "--websocket-max-message-size", str(WEBSOCKET_MAX_BYTES),
         "--websocket-max-frame-size", str(WEBSOCKET_MAX_BYTES),

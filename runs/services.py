@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +25,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Prefetch, Q
 from django.utils import timezone
 
 from runs.backend import RunStarted, TextDelta, get_backend
@@ -114,6 +114,8 @@ def message_text_clean(*, text: Any) -> str:
         cleaned.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidRequest("`text` must be valid Unicode (it has a lone surrogate).") from None
+    if "\x00" in cleaned:
+        raise InvalidRequest("`text` must not contain NUL characters.")
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(cleaned) > limit:
         raise TextTooLong(
@@ -705,10 +707,6 @@ async def conversation_snapshot(*, owner: Owner, conversation_id: Any) -> dict[s
 
 
 # Staff: the admin console's actions, on any owner's conversations.
-
-from collections.abc import Iterable  # noqa: E402
-
-from django.db.models import Prefetch  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,15 +195,19 @@ class FakeBackend:
                     fake.release.wait(30)
                     self.close_connection = True
                 elif fake.behaviour == "cut":
+                    # Chunked, like uvicorn; the connection drops before the final chunk.
                     self.send_response(200)
                     self.send_header("content-type", "text/event-stream")
+                    self.send_header("transfer-encoding", "chunked")
                     self.end_headers()
-                    self.wfile.write(b'event: metadata\ndata: {"run_id": "fake-run"}\n\n')
+                    events = [b'event: metadata\ndata: {"run_id": "fake-run"}\n\n']
                     for index in range(fake.tokens):
                         chunk = f'[{{"type": "AIMessageChunk", "content": "part{index} "}}, {{}}]'
-                        self.wfile.write(f"event: messages\ndata: {chunk}\n\n".encode())
+                        events.append(f"event: messages\ndata: {chunk}\n\n".encode())
+                    for event in events:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                     self.wfile.flush()
-                    self.close_connection = True  # the connection drops mid-stream
+                    self.close_connection = True
 
             def _json(self, status: int, body: bytes) -> None:
                 self.send_response(status)

@@ -1,0 +1,35 @@
+"""daphne, as `make run` and the deployment docs start it: `python -m chatsite.serve ARGS`.
+
+The arguments are daphne's own. One behaviour its command line cannot set: when a client
+breaks the rules (a message over `--websocket-max-message-size`, say), autobahn's default is
+to drop the TCP connection without a word. Here it sends the close frame with the reason's
+code first, so the client learns why (1009 for a message too big), as protocol v1 promises.
+"""
+
+from __future__ import annotations
+
+from daphne import ws_protocol
+from daphne.cli import CommandLineInterface
+
+
+def websocket_failures_close_cleanly() -> None:
+    factory = ws_protocol.WebSocketFactory
+    original = factory.setProtocolOptions
+    if getattr(original, "closes_cleanly", False):
+        return
+
+    def set_protocol_options(self, *args, **kwargs):
+        kwargs.setdefault("failByDrop", False)
+        return original(self, *args, **kwargs)
+
+    set_protocol_options.closes_cleanly = True
+    factory.setProtocolOptions = set_protocol_options
+
+
+def main() -> None:
+    websocket_failures_close_cleanly()
+    CommandLineInterface.entrypoint()
+
+
+if __name__ == "__main__":
+    main()
