@@ -76,7 +76,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         _open_sockets[owner_key] += 1
         self.counted = True
-        services.relays_supervisor_ensure()
+        await services.relays_ensure()
 
     async def disconnect(self, code: int) -> None:
         # The runs this socket started go on: their relays are not tied to it.

@@ -83,6 +83,9 @@ class Run(models.Model):
     # so a crash loses at most those seconds and a sweeper can tell the relay is gone.
     partial_text = models.TextField(blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The channel-layer channel of the process relaying the run: other processes send it
+    # cancels and ask it for the reply so far.
+    relay_channel = models.CharField(max_length=200, blank=True)
     # Told to the user with the reply, e.g. that the old memory was gone and a new one began.
     notice = models.CharField(max_length=300, blank=True)
 

@@ -171,7 +171,13 @@ class StartedRun:
 
 
 def _chat_start(
-    *, owner: Owner, conversation_id: Any, text: str, memory: bool, client_id: str | None
+    *,
+    owner: Owner,
+    conversation_id: Any,
+    text: str,
+    memory: bool,
+    client_id: str | None,
+    relay_channel: str,
 ) -> StartedRun:
     _rate_limit_check(owner=owner)
     with transaction.atomic():
@@ -186,6 +192,7 @@ def _chat_start(
         mode = Run.Mode.THREAD if memory else Run.Mode.STATELESS
         run = Run.objects.create(
             heartbeat_at=timezone.now(),
+            relay_channel=relay_channel,
             conversation=conversation,
             mode=mode,
             thread_id=conversation.thread_id if memory else "",
@@ -226,12 +233,14 @@ async def chat_start(
 ) -> StartedRun:
     """Validates and saves the user's message and a pending run, before the backend is called."""
     cleaned = message_text_clean(text=text)
+    relay_channel = await relays_ensure()
     return await database_sync_to_async(_chat_start)(
         owner=owner,
         conversation_id=conversation_id,
         text=cleaned,
         memory=memory,
         client_id=client_id,
+        relay_channel=relay_channel,
     )
 
 
@@ -468,7 +477,6 @@ def _live_run(started: StartedRun) -> LiveRun:
         thread_id=started.run.thread_id,
     )
     LIVE_RUNS[live.run_id] = live
-    relays_supervisor_ensure()
     return live
 
 
@@ -575,17 +583,94 @@ async def _relays_supervise() -> None:
             logger.exception("relay supervision failed; trying again at the next beat")
 
 
-_supervisors: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+async def _live_cancel(live: LiveRun) -> None:
+    if live.finishing or live.cancel_requested:
+        return
+    live.cancel_requested = True
+    if live.mode == Run.Mode.THREAD and live.backend_run_id and live.thread_id:
+        try:
+            await get_backend().run_cancel(thread_id=live.thread_id, run_id=live.backend_run_id)
+        except ChatError:
+            logger.warning("backend cancel of run %s failed; closing its stream", live.run_id)
+    if live.task is not None and not live.finishing:
+        live.task.cancel()
 
 
-def relays_supervisor_ensure() -> None:
-    """Starts this event loop's supervisor once (a process with sockets or relays has one)."""
+async def _relays_listen(channel: str) -> None:
+    """Answers other processes about the runs this one relays: cancel, and the reply so far."""
+    layer = get_channel_layer()
+    while True:
+        message = await layer.receive(channel)
+        try:
+            live = LIVE_RUNS.get(uuid.UUID(str(message.get("run"))))
+            if message["type"] == "relay.cancel" and live is not None:
+                await _live_cancel(live)
+            elif message["type"] == "relay.progress":
+                await layer.send(
+                    message["reply_to"],
+                    {
+                        "type": "relay.progress",
+                        "text": live.text if live else None,
+                        "seq": live.seq if live else 0,
+                    },
+                )
+        except Exception:
+            logger.exception("relay control message failed")
+
+
+@dataclass
+class _Relays:
+    channel: str
+    listener: asyncio.Task
+    supervisor: asyncio.Task
+
+
+_relays: dict[asyncio.AbstractEventLoop, _Relays] = {}
+
+
+async def relays_ensure() -> str:
+    """Starts this process's relay control channel and supervisor once per event loop, and
+    returns the channel other processes reach its relays by."""
     loop = asyncio.get_running_loop()
-    task = _supervisors.get(loop)
-    if task is None or task.done():
-        for old in [old for old in _supervisors if old.is_closed()]:
-            del _supervisors[old]
-        _supervisors[loop] = loop.create_task(_relays_supervise(), name="relay-supervisor")
+    relays = _relays.get(loop)
+    if relays is None or relays.listener.done() or relays.supervisor.done():
+        for old in [old for old in _relays if old.is_closed()]:
+            del _relays[old]
+        channel = await get_channel_layer().new_channel("relays.")
+        relays = _relays[loop] = _Relays(
+            channel=channel,
+            listener=loop.create_task(_relays_listen(channel), name="relay-control"),
+            supervisor=loop.create_task(_relays_supervise(), name="relay-supervisor"),
+        )
+    return relays.channel
+
+
+async def relays_stop() -> None:
+    """Stops this event loop's relay control and supervisor (tests; a server never stops them)."""
+    relays = _relays.pop(asyncio.get_running_loop(), None)
+    if relays is not None:
+        for task in (relays.listener, relays.supervisor):
+            task.cancel()
+        await asyncio.gather(relays.listener, relays.supervisor, return_exceptions=True)
+
+
+async def _relay_progress(run: Run) -> tuple[str, int]:
+    """The reply so far of a run relayed by another process: asked of that process, so the
+    answer is no older than the caller's subscription; the last heartbeat's text otherwise."""
+    if run.relay_channel:
+        layer = get_channel_layer()
+        reply_to = await layer.new_channel("relays.reply.")
+        await layer.send(
+            run.relay_channel, {"type": "relay.progress", "run": str(run.id), "reply_to": reply_to}
+        )
+        try:
+            async with asyncio.timeout(2):
+                answer = await layer.receive(reply_to)
+            if answer.get("text") is not None:
+                return answer["text"], int(answer["seq"])
+        except TimeoutError:
+            pass
+    return run.partial_text, 0
 
 
 # Cancel.
@@ -600,19 +685,16 @@ def _run_for_owner(*, owner: Owner, run_id: Any) -> Run:
 
 async def run_cancel(*, owner: Owner, run_id: Any) -> None:
     """Stops a run: a thread run through the backend's cancel endpoint, a stateless one by
-    closing its stream (started with on_disconnect="cancel"). The partial reply is kept."""
+    closing its stream (started with on_disconnect="cancel"). The partial reply is kept.
+    A run relayed by another process is stopped by that process."""
     run = await database_sync_to_async(_run_for_owner)(owner=owner, run_id=run_id)
     live = LIVE_RUNS.get(run.id)
-    if live is None or live.finishing or live.cancel_requested:
-        return
-    live.cancel_requested = True
-    if live.mode == Run.Mode.THREAD and live.backend_run_id and live.thread_id:
-        try:
-            await get_backend().run_cancel(thread_id=live.thread_id, run_id=live.backend_run_id)
-        except ChatError:
-            logger.warning("backend cancel of run %s failed; closing its stream", run.id)
-    if live.task is not None and not live.finishing:
-        live.task.cancel()
+    if live is not None:
+        await _live_cancel(live)
+    elif run.is_active and run.relay_channel:
+        await get_channel_layer().send(
+            run.relay_channel, {"type": "relay.cancel", "run": str(run.id)}
+        )
 
 
 # Memory switch and forget.
@@ -691,13 +773,11 @@ async def conversation_snapshot(*, owner: Owner, conversation_id: Any) -> dict[s
         owner=owner, conversation_id=conversation_id
     )
     active_run = None
-    if conversation.active_run_id is not None and conversation.active_run.is_active:
-        live = LIVE_RUNS.get(conversation.active_run_id)
-        active_run = {
-            "run": str(conversation.active_run_id),
-            "text": live.text if live else "",
-            "seq": live.seq if live else 0,
-        }
+    run = conversation.active_run
+    if run is not None and run.is_active:
+        live = LIVE_RUNS.get(run.id)
+        text, seq = (live.text, live.seq) if live else await _relay_progress(run)
+        active_run = {"run": str(run.id), "text": text, "seq": seq}
     return {
         "type": "conversation.snapshot",
         "conversation": conversation_to_dict(conversation),

@@ -159,6 +159,9 @@ async def socket_factory(channel_layer):
     yield make
     for socket in sockets:
         await socket.close()
+    from runs.services import relays_stop
+
+    await relays_stop()
 
 
 class FakeBackend:
