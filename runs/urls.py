@@ -6,6 +6,11 @@ urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("c/<uuid:conversation_id>/", views.chat_page, name="conversation"),
     path("send/", views.chat_form_send, name="chat_form_send"),
+    path(
+        "c/<uuid:conversation_id>/forget/",
+        views.conversation_forget_form,
+        name="conversation_forget",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("api/chat/", api.chat, name="api_chat"),
     path("api/conversations/", api.conversations, name="api_conversations"),

@@ -15,7 +15,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from runs import services
 from runs.backend import get_backend
@@ -102,6 +102,33 @@ async def chat_form_send(request: HttpRequest) -> HttpResponse:
     if outcome.error is not None:
         await sync_to_async(flash.error)(request, outcome.error.message)
     return redirect(reverse("conversation", args=[outcome.started.conversation.id]))
+
+
+@require_http_methods(["GET", "POST"])
+async def conversation_forget_form(request: HttpRequest, conversation_id: Any) -> HttpResponse:
+    """Forget without JavaScript: a confirmation page, then the POST that deletes the thread."""
+    user = await request.auser()
+    if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
+        return redirect(reverse("login"))
+    owner = await aowner_of(request)
+    try:
+        conversation = await sync_to_async(conversation_get)(
+            owner=owner, conversation_id=conversation_id
+        )
+        if request.method == "POST":
+            await services.conversation_forget(owner=owner, conversation_id=conversation_id)
+            await sync_to_async(flash.success)(
+                request, "Forgotten: the next remembered message starts a new memory."
+            )
+            return redirect(reverse("conversation", args=[conversation_id]))
+    except NotFound:
+        return await sync_to_async(render)(request, "runs/not_found.html", status=404)
+    except ChatError as exc:
+        await sync_to_async(flash.error)(request, exc.message)
+        return redirect(reverse("conversation", args=[conversation_id]))
+    return await sync_to_async(render)(
+        request, "runs/forget_confirm.html", {"conversation": conversation}
+    )
 
 
 @require_GET

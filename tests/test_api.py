@@ -224,6 +224,24 @@ def test_form_chats_without_javascript(client, backend_url):
     assert "not remembered" in page
 
 
+def test_forget_works_without_javascript(client, backend_url):
+    client.post("/send/", {"text": "one", "memory": "on"})
+    conversation = Conversation.objects.get()
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert f'href="/c/{conversation.pk}/forget/"' in page
+    confirm = client.get(f"/c/{conversation.pk}/forget/")
+    assert b"Forget this conversation?" in confirm.content
+    thread_id = conversation.thread_id
+    done = client.post(f"/c/{conversation.pk}/forget/", follow=True)
+    assert "Forgotten" in done.content.decode()
+    assert thread_is_gone(thread_id)
+    client.post("/send/", {"text": "two", "memory": "on", "conversation": str(conversation.pk)})
+    assert "You said: two (I can see 1 of your messages)" in client.get(
+        f"/c/{conversation.pk}/"
+    ).content.decode()
+    assert Client().get(f"/c/{conversation.pk}/forget/").status_code == 404
+
+
 def test_form_shows_errors_inline(client, closed_port_url):
     response = client.post("/send/", {"text": "anyone?", "memory": "on"}, follow=True)
     page = response.content.decode()

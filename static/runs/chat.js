@@ -1,64 +1,99 @@
 // The chat page over websocket protocol v1 (docs/protocol.md). Without this script the page
 // still works: the form posts to the server, which waits for the reply and redirects back.
+//
+// Untrusted text (messages, titles, errors) is only ever set with textContent; the one
+// exception is a message's `html`, which the server renders and sanitizes (markdown-it + nh3).
 
-const chat = document.getElementById("chat");
-const transcript = document.getElementById("transcript");
-const form = document.getElementById("composer");
-const textBox = document.getElementById("text");
-const sendButton = document.getElementById("send");
-const stopButton = document.getElementById("stop");
-const memoryBox = document.getElementById("memory");
-const memoryHelp = document.getElementById("memory-help");
-const forgetButton = document.getElementById("forget");
-const banner = document.getElementById("banner");
-const bannerText = document.getElementById("banner-text");
-const retryButton = document.getElementById("retry");
-const liveStatus = document.getElementById("live-status");
-const conversationField = document.getElementById("conversation-field");
-const conversationList = document.getElementById("conversation-list");
-const title = document.getElementById("chat-title");
+// base.html marks the page as scripted before it paints; this covers a policy that blocks inline scripts.
+document.documentElement.classList.add("js");
 
-const MEMORY_ON = "On: the assistant remembers this conversation.";
-const MEMORY_OFF = "Off: each message is answered on its own, nothing is remembered.";
-const RETRYABLE = new Set(["backend_unavailable", "backend_error", "backend_timeout", "busy", "rate_limited", "connection"]);
+const $ = (id) => document.getElementById(id);
+const chat = $("chat");
+const log = $("log");
+const transcript = $("transcript");
+const form = $("composer");
+const textBox = $("text");
+const sendButton = $("send");
+const stopButton = $("stop");
+const memoryBox = $("memory");
+const memoryHelp = $("memory-help");
+const forgetButton = $("forget");
+const forgetDialog = $("forget-dialog");
+const banner = $("banner");
+const bannerText = $("banner-text");
+const retryButton = $("retry");
+const liveStatus = $("live-status");
+const toast = $("toast");
+const conversationField = $("conversation-field");
+const conversationList = $("conversation-list");
+const title = $("chat-title");
+const sidebarToggle = $("sidebar-toggle");
+const sidebar = $("sidebar");
+const backdrop = $("sidebar-backdrop");
+
+const MEMORY_ON = "Memory on: the assistant remembers what you send here.";
+const MEMORY_OFF = "Memory off: each message is answered on its own.";
+const RETRYABLE = new Set(["backend_unavailable", "backend_error", "backend_timeout", "busy", "rate_limited", "connection", "internal_error"]);
+const TITLE_CHARS = 60;
+const NEAR_BOTTOM_PX = 96;
 
 const state = {
   conversation: chat.dataset.conversation || null,
   activeRun: chat.dataset.activeRun || null,
+  activeMode: null,
   lastSeq: 0,
-  pending: null, // {client_id, text, memory}: the send awaiting run.started, kept for Retry
-  lastFailed: null, // the last send that failed, for Retry
+  pending: null, // {client_id, text, memory}: a chat.send awaiting run.started
+  mine: new Map(), // run id -> {text, memory}: the runs this tab started, for Retry
+  lastFailed: null, // {text, memory}: what Retry sends again
+  forgetting: false,
   socket: null,
   retryDelay: 500,
+  reconnectTimer: null,
+  leaving: false,
 };
 
-// The websocket, reconnecting by itself.
+// The websocket, reconnecting by itself with backoff; every (re)connection re-watches.
 
 function connect() {
+  clearTimeout(state.reconnectTimer);
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${scheme}://${location.host}${chat.dataset.wsPath}`);
   state.socket = socket;
   socket.addEventListener("open", () => {
     state.retryDelay = 500;
     chat.classList.remove("offline");
-    if (banner.dataset.code === "connection") hideBanner();
+    if (banner.dataset.code === "connection" && !state.lastFailed) hideBanner();
     if (state.conversation) send({ type: "conversation.watch", conversation: state.conversation });
+    if (state.pending && state.pending.queued) sendPending();
   });
   socket.addEventListener("message", (event) => {
     let frame;
-    try { frame = JSON.parse(event.data); } catch { return; }
+    try {
+      frame = JSON.parse(event.data);
+    } catch {
+      return;
+    }
     const handler = handlers[frame.type];
     if (handler) handler(frame);
   });
   socket.addEventListener("close", () => {
+    if (state.socket !== socket || state.leaving) return;
     chat.classList.add("offline");
-    if (state.pending) {
+    if (state.pending && !state.pending.queued) {
       state.lastFailed = state.pending;
+      restoreDraft(state.pending.text);
       state.pending = null;
-      setBusy(false);
     }
-    if (state.activeRun || state.lastFailed) showBanner("Connection lost. Reconnecting…", "connection");
-    setTimeout(connect, state.retryDelay);
+    if (state.pending) {
+      showBanner("Not connected. Your message will be sent as soon as the connection is back.", "connection");
+    } else if (state.activeRun || state.lastFailed) {
+      showBanner(
+        state.lastFailed ? "Connection lost before your message was sent. Reconnecting…" : "Connection lost. Reconnecting…",
+        "connection",
+      );
+    }
+    setBusy();
+    state.reconnectTimer = setTimeout(connect, state.retryDelay);
     state.retryDelay = Math.min(state.retryDelay * 2, 8000);
   });
 }
@@ -71,72 +106,117 @@ function send(frame) {
   return false;
 }
 
-// Rendering.
+window.addEventListener("pagehide", () => { state.leaving = true; });
+window.addEventListener("pageshow", (event) => {
+  state.leaving = false;
+  if (event.persisted) connect();
+});
+window.addEventListener("online", () => {
+  if (!state.socket || state.socket.readyState === WebSocket.CLOSED) connect();
+});
 
-function timeLabel(iso) {
-  const date = new Date(iso);
-  return Number.isNaN(date.getTime()) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+// Rendering. Every element below is built from text; only `message.html` is parsed.
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
 }
 
-function messageElement(message) {
-  const item = document.createElement("li");
-  item.className = `message ${message.role}`;
-  item.dataset.id = message.id;
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  const role = document.createElement("span");
-  role.className = "role";
-  role.textContent = message.role === "user" ? "You" : "Assistant";
-  const badge = document.createElement("span");
-  badge.className = `badge ${message.remembered ? "remembered" : "stateless"}`;
-  badge.textContent = message.remembered ? "remembered" : "not remembered";
-  const time = document.createElement("time");
-  time.dateTime = message.created_at;
-  time.textContent = timeLabel(message.created_at);
-  meta.append(role, badge, time);
-  if (message.status === "cancelled" || message.status === "failed") {
-    item.classList.add(message.status);
-    const status = document.createElement("span");
-    status.className = "status";
-    status.textContent = message.status === "cancelled" ? "stopped" : `failed${message.error ? `: ${message.error.message}` : ""}`;
-    meta.append(status);
-  }
-  item.append(meta);
-  if (message.notice) {
-    const notice = document.createElement("p");
-    notice.className = "notice";
-    notice.textContent = message.notice;
-    item.append(notice);
-  }
-  const body = document.createElement("div");
-  body.className = "body";
-  // `html` is sanitized on the server (markdown-it-py + nh3); everything else is set as text.
-  body.innerHTML = message.html;
-  item.append(body);
-  if (message.role === "assistant" && message.text) item.append(copyButton(message.text));
-  return item;
+const timeFormat = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const dateTimeFormat = new Intl.DateTimeFormat([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+const fullFormat = new Intl.DateTimeFormat([], { dateStyle: "full", timeStyle: "short" });
+
+function localizeTime(time) {
+  const date = new Date(time.dateTime);
+  if (Number.isNaN(date.getTime())) return;
+  const today = new Date().toDateString() === date.toDateString();
+  time.textContent = (today ? timeFormat : dateTimeFormat).format(date);
+  time.title = fullFormat.format(date);
 }
 
-function copyButton(text) {
-  const button = document.createElement("button");
+function badge(remembered) {
+  const node = el("span", `badge ${remembered ? "remembered" : "stateless"}`, remembered ? "remembered" : "not remembered");
+  node.title = remembered ? "Sent to the assistant's memory of this conversation" : "Answered on its own: not in the assistant's memory";
+  return node;
+}
+
+function copyButton(className, label, visible) {
+  const button = el("button", className, visible);
   button.type = "button";
-  button.className = "copy link";
-  button.textContent = "Copy";
-  button.setAttribute("aria-label", "Copy reply");
-  button.addEventListener("click", async () => {
-    try {
-      await navigator.clipboard.writeText(text);
-      button.textContent = "Copied";
-    } catch {
-      button.textContent = "Copy failed";
-    }
-    setTimeout(() => { button.textContent = "Copy"; }, 1500);
-  });
+  button.setAttribute("aria-label", label);
   return button;
 }
 
+function messageElement(message) {
+  const item = el("li", `message ${message.role}`);
+  item.dataset.id = message.id;
+  item.dataset.text = message.text;
+  const meta = el("div", "meta");
+  meta.append(el("span", "role", message.role === "user" ? "You" : "Assistant"), badge(message.remembered));
+  const time = el("time");
+  time.dateTime = message.created_at;
+  meta.append(time);
+  if (message.status === "cancelled" || message.status === "failed") {
+    item.classList.add(message.status);
+    meta.append(el("span", "status", message.status === "cancelled" ? "stopped" : "failed"));
+  }
+  if (message.role === "assistant" && message.text) meta.append(copyButton("copy link small", "Copy reply", "Copy"));
+  item.append(meta);
+  if (message.notice) item.append(el("p", "notice", message.notice));
+  if (message.status === "failed" && message.error) item.append(el("p", "notice error-detail", message.error.message));
+  const body = el("div", "body");
+  body.innerHTML = message.html; // sanitized on the server
+  item.append(body);
+  enhance(item);
+  return item;
+}
+
+// Times in the reader's zone, and a header with the language and a copy button on code blocks.
+function enhance(item) {
+  item.querySelectorAll("time[datetime]").forEach(localizeTime);
+  item.querySelectorAll(".body pre").forEach((pre) => {
+    if (pre.parentElement.classList.contains("code-block")) return;
+    const code = pre.querySelector("code");
+    const language = code && [...code.classList].find((name) => name.startsWith("language-"));
+    const wrapper = el("div", "code-block");
+    const header = el("div", "code-header");
+    header.append(el("span", "code-language", language ? language.slice("language-".length) : "code"));
+    header.append(copyButton("copy-code link small", "Copy code", "Copy code"));
+    pre.replaceWith(wrapper);
+    wrapper.append(header, pre);
+  });
+}
+
+function nearBottom() {
+  return log.scrollHeight - log.scrollTop - log.clientHeight < NEAR_BOTTOM_PX;
+}
+
+function scrollToEnd() {
+  log.scrollTop = log.scrollHeight;
+}
+
+// The reader is "at the end" until they scroll up; a resize (a phone's keyboard, a rotated
+// screen) keeps them there.
+let pinnedToEnd = true;
+log.addEventListener("scroll", () => { pinnedToEnd = nearBottom(); }, { passive: true });
+new ResizeObserver(() => { if (pinnedToEnd) scrollToEnd(); }).observe(log);
+
+// Keeps the view pinned to the newest text only if the reader was already at the end.
+function keepingEnd(change) {
+  const pinned = nearBottom();
+  const result = change();
+  if (pinned) scrollToEnd();
+  return result;
+}
+
+function removeEmptyState() {
+  $("empty-state")?.remove();
+}
+
 function upsertMessage(message) {
-  document.getElementById("empty-state")?.remove();
+  removeEmptyState();
   const existing = transcript.querySelector(`li[data-id="${CSS.escape(message.id)}"]`);
   const element = messageElement(message);
   if (existing) existing.replaceWith(element);
@@ -144,26 +224,33 @@ function upsertMessage(message) {
   return element;
 }
 
-function streamingElement(runId) {
+function streamingElement(runId, remembered) {
   let item = transcript.querySelector(`li[data-run="${CSS.escape(runId)}"]`);
   if (!item) {
-    document.getElementById("empty-state")?.remove();
-    item = document.createElement("li");
-    item.className = "message assistant streaming";
+    removeEmptyState();
+    item = el("li", "message assistant streaming");
     item.dataset.run = runId;
-    item.innerHTML = '<div class="meta"><span class="role">Assistant</span><span class="typing" aria-label="typing"><i></i><i></i><i></i></span></div><div class="body"><p class="stream-text"></p></div>';
+    item.setAttribute("aria-busy", "true");
+    const meta = el("div", "meta");
+    meta.append(el("span", "role", "Assistant"));
+    if (remembered !== undefined) meta.append(badge(remembered));
+    const typing = el("span", "typing");
+    typing.append(el("i"), el("i"), el("i"), el("span", "visually-hidden", "answering"));
+    meta.append(typing);
+    const body = el("div", "body");
+    body.append(el("p", "stream-text"));
+    item.append(meta, body);
     transcript.append(item);
   }
   return item;
 }
 
-function scrollToEnd() {
-  transcript.lastElementChild?.scrollIntoView({ block: "end" });
-}
-
-function setBusy(streaming) {
+function setBusy() {
+  const streaming = Boolean(state.activeRun);
   stopButton.hidden = !streaming;
-  sendButton.disabled = streaming || state.pending !== null;
+  sendButton.hidden = streaming;
+  sendButton.disabled = state.pending !== null;
+  chat.classList.toggle("streaming", streaming);
 }
 
 function showBanner(text, code) {
@@ -178,34 +265,67 @@ function hideBanner() {
   banner.dataset.code = "";
 }
 
+let toastTimer = null;
+function showToast(text) {
+  toast.textContent = text;
+  toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { toast.hidden = true; }, 5000);
+}
+
+function announce(text) {
+  liveStatus.textContent = text;
+}
+
 function setMemory(enabled) {
   memoryBox.checked = enabled;
   memoryHelp.textContent = enabled ? MEMORY_ON : MEMORY_OFF;
+}
+
+function titleFrom(text) {
+  const clean = text.replace(/\s+/g, " ").trim();
+  return clean.length <= TITLE_CHARS ? clean : `${clean.slice(0, TITLE_CHARS - 1).trimEnd()}…`;
 }
 
 function setConversation(conversation) {
   state.conversation = conversation.id;
   chat.dataset.conversation = conversation.id;
   conversationField.value = conversation.id;
-  title.textContent = conversation.title || "Conversation";
-  document.title = `${conversation.title || "Conversation"} · Chat`;
+  const name = conversation.title || "Conversation";
+  title.textContent = name;
+  title.title = name;
+  document.title = `${name} · Chat`;
   setMemory(conversation.memory);
-  forgetButton.disabled = !conversation.has_thread;
+  setHasThread(conversation.has_thread);
   const path = `/c/${conversation.id}/`;
   if (location.pathname !== path) history.replaceState(null, "", path);
   let link = conversationList.querySelector(`a[data-conversation="${CSS.escape(conversation.id)}"]`);
   if (!link) {
     conversationList.querySelector(".empty-list")?.remove();
-    const item = document.createElement("li");
-    link = document.createElement("a");
+    const item = el("li");
+    link = el("a");
     link.href = path;
     link.dataset.conversation = conversation.id;
     item.append(link);
     conversationList.prepend(item);
   }
   link.textContent = conversation.title || "Untitled";
+  link.title = conversation.title || "Untitled";
   conversationList.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
   link.setAttribute("aria-current", "page");
+}
+
+function setHasThread(hasThread) {
+  chat.dataset.hasThread = hasThread ? "true" : "false";
+  const hadFocus = document.activeElement === forgetButton;
+  forgetButton.disabled = !hasThread;
+  if (hadFocus && !hasThread) textBox.focus();
+}
+
+// The conversation moves to the top of the list when something is said in it.
+function bumpConversation(id) {
+  const link = conversationList.querySelector(`a[data-conversation="${CSS.escape(id)}"]`);
+  if (link && link.parentElement !== conversationList.firstElementChild) conversationList.prepend(link.parentElement);
 }
 
 // Frames from the server.
@@ -214,105 +334,149 @@ const handlers = {
   "conversation.snapshot"(frame) {
     if (state.conversation && frame.conversation.id !== state.conversation) return;
     setConversation(frame.conversation);
+    const pinned = nearBottom();
+    log.setAttribute("aria-busy", "true");
     transcript.replaceChildren();
     frame.messages.forEach(upsertMessage);
+    if (!frame.messages.length && emptyState) transcript.append(emptyState.cloneNode(true));
     state.activeRun = frame.active_run ? frame.active_run.run : null;
+    state.lastSeq = 0;
     if (frame.active_run) {
-      const item = streamingElement(frame.active_run.run);
+      const lastUser = [...frame.messages].reverse().find((m) => m.role === "user");
+      const item = streamingElement(frame.active_run.run, lastUser ? lastUser.remembered : undefined);
       item.querySelector(".stream-text").textContent = frame.active_run.text;
       state.lastSeq = frame.active_run.seq;
     }
-    setBusy(Boolean(state.activeRun));
-    scrollToEnd();
+    log.removeAttribute("aria-busy");
+    if (pinned) scrollToEnd();
+    if (state.forgetting) {
+      state.forgetting = false;
+      showToast("Forgotten. The transcript stays; the next remembered message starts a new memory.");
+      if (document.activeElement === document.body || document.activeElement === forgetButton) textBox.focus();
+    }
+    setBusy();
   },
   "run.started"(frame) {
-    const mine = state.pending && frame.client_id === state.pending.client_id;
+    const mine = state.pending !== null && frame.client_id === state.pending.client_id;
     if (!mine && frame.conversation !== state.conversation) return;
     if (mine) {
+      state.mine.set(frame.run, { text: state.pending.text, memory: state.pending.memory });
       state.pending = null;
-      textBox.value = "";
       if (frame.conversation !== state.conversation) {
-        setConversation({ id: frame.conversation, title: frame.user_message.text.slice(0, 60), memory: frame.mode === "thread", has_thread: false });
+        setConversation({ id: frame.conversation, title: titleFrom(frame.user_message.text), memory: frame.mode === "thread", has_thread: false });
       }
     }
-    if (frame.mode === "thread") forgetButton.disabled = false;
-    upsertMessage(frame.user_message);
-    state.activeRun = frame.run;
-    state.lastSeq = 0;
-    streamingElement(frame.run);
-    liveStatus.textContent = "The assistant is answering…";
-    setBusy(true);
-    scrollToEnd();
+    const remembered = frame.mode === "thread";
+    if (remembered) setHasThread(true);
+    bumpConversation(frame.conversation);
+    keepingEnd(() => {
+      upsertMessage(frame.user_message);
+      state.activeRun = frame.run;
+      state.activeMode = frame.mode;
+      state.lastSeq = 0;
+      streamingElement(frame.run, remembered);
+    });
+    if (mine) scrollToEnd();
+    announce("The assistant is answering.");
+    setBusy();
   },
   "run.delta"(frame) {
     if (frame.run !== state.activeRun || frame.seq <= state.lastSeq) return;
     state.lastSeq = frame.seq;
-    streamingElement(frame.run).querySelector(".stream-text").textContent += frame.text;
-    scrollToEnd();
+    keepingEnd(() => {
+      streamingElement(frame.run).querySelector(".stream-text").textContent += frame.text;
+    });
   },
-  "run.completed"(frame) { finishRun(frame, "The assistant answered."); },
-  "run.cancelled"(frame) { finishRun(frame, "Stopped."); },
+  "run.completed"(frame) {
+    finishRun(frame, "The assistant answered.");
+  },
+  "run.cancelled"(frame) {
+    finishRun(frame, "Stopped. The reply so far is kept.");
+  },
   "run.failed"(frame) {
+    const sent = state.mine.get(frame.run);
     finishRun(frame, "The reply failed.");
-    if (frame.message && frame.message.status === "failed" || frame.error) {
-      showBanner(frame.error ? frame.error.message : "The reply failed.", frame.error ? frame.error.code : "backend_error");
-    }
+    if (sent) state.lastFailed = sent;
+    const error = frame.error || { code: "backend_error", message: "The reply failed." };
+    showBanner(error.message, error.code);
   },
   error(frame) {
     if (state.pending && frame.client_id === state.pending.client_id) {
       state.lastFailed = state.pending;
+      restoreDraft(state.pending.text);
       state.pending = null;
     }
-    setBusy(Boolean(state.activeRun));
+    state.forgetting = false;
+    setBusy();
     showBanner(frame.message, frame.code);
   },
 };
 
 function finishRun(frame, announcement) {
   const placeholder = transcript.querySelector(`li[data-run="${CSS.escape(frame.run)}"]`);
-  if (frame.message) {
-    const element = messageElement(frame.message);
-    if (placeholder) placeholder.replaceWith(element);
-    else if (!transcript.querySelector(`li[data-id="${CSS.escape(frame.message.id)}"]`)) {
-      if (frame.run !== state.activeRun) return;
-      transcript.append(element);
+  keepingEnd(() => {
+    if (frame.message) {
+      const element = messageElement(frame.message);
+      if (placeholder) placeholder.replaceWith(element);
+      else if (frame.run === state.activeRun && !transcript.querySelector(`li[data-id="${CSS.escape(frame.message.id)}"]`)) {
+        transcript.append(element);
+      }
+    } else {
+      placeholder?.remove();
     }
-  } else {
-    placeholder?.remove();
-  }
+  });
+  state.mine.delete(frame.run);
   if (frame.run === state.activeRun) {
+    const stopHadFocus = document.activeElement === stopButton;
     state.activeRun = null;
-    liveStatus.textContent = announcement;
-    setBusy(false);
-    textBox.focus();
+    state.activeMode = null;
+    announce(announcement);
+    setBusy();
+    // The Stop button just disappeared: don't leave focus nowhere.
+    if (stopHadFocus || document.activeElement === document.body) textBox.focus();
   }
-  scrollToEnd();
 }
 
 // What the user does.
 
 function clientId() {
-  return (crypto.randomUUID ? crypto.randomUUID() : String(Math.random())).slice(0, 36);
+  return crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
+
+function restoreDraft(text) {
+  if (!textBox.value.trim()) {
+    textBox.value = text;
+    autosize();
+  }
 }
 
 function submitMessage(text, memory) {
-  const pending = { client_id: clientId(), text, memory };
-  const frame = { type: "chat.send", text, memory, conversation: state.conversation, client_id: pending.client_id };
-  if (!send(frame)) {
-    state.lastFailed = pending;
-    showBanner("Not connected. Reconnecting… your message was not sent.", "connection");
-    return;
-  }
-  state.pending = pending;
+  state.pending = { client_id: clientId(), text, memory, queued: true };
+  state.lastFailed = null;
   hideBanner();
-  setBusy(false);
+  setBusy();
+  // Not connected yet (the page just opened, or the connection is coming back): the message
+  // waits in the box and goes as soon as the socket opens.
+  if (!sendPending()) announce("Connecting… your message will be sent in a moment.");
+}
+
+function sendPending() {
+  const pending = state.pending;
+  const frame = { type: "chat.send", text: pending.text, memory: pending.memory, conversation: state.conversation, client_id: pending.client_id };
+  if (!send(frame)) return false;
+  pending.queued = false;
+  if (textBox.value.trim() === pending.text) {
+    textBox.value = "";
+    autosize();
+  }
+  return true;
 }
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = textBox.value.trim();
   if (!text) {
-    showBanner("Type a message first.", "empty_text");
+    textBox.focus();
     return;
   }
   const limit = Number(chat.dataset.maxChars);
@@ -320,52 +484,120 @@ form.addEventListener("submit", (event) => {
     showBanner(`A message can be at most ${limit.toLocaleString()} characters; this one has ${text.length.toLocaleString()}.`, "text_too_long");
     return;
   }
+  if (state.activeRun || state.pending) return;
   submitMessage(text, memoryBox.checked);
 });
 
 textBox.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
     event.preventDefault();
-    if (!sendButton.disabled) form.requestSubmit();
+    form.requestSubmit();
   }
 });
 
+function autosize() {
+  textBox.style.height = "auto";
+  textBox.style.height = `${textBox.scrollHeight + 2}px`;
+}
+textBox.addEventListener("input", autosize);
+
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && state.activeRun) {
+  if (event.key !== "Escape" || event.defaultPrevented || forgetDialog.open) return;
+  if (document.body.classList.contains("sidebar-open")) {
+    closeSidebar(true);
+    event.preventDefault();
+  } else if (state.activeRun) {
     event.preventDefault();
     stopRun();
   }
 });
 
 function stopRun() {
-  if (state.activeRun) send({ type: "chat.cancel", run: state.activeRun });
+  if (state.activeRun && send({ type: "chat.cancel", run: state.activeRun })) announce("Stopping…");
 }
 
 stopButton.addEventListener("click", stopRun);
 
 memoryBox.addEventListener("change", () => {
   setMemory(memoryBox.checked);
+  announce(memoryBox.checked ? MEMORY_ON : MEMORY_OFF);
   if (state.conversation) send({ type: "conversation.memory", conversation: state.conversation, enabled: memoryBox.checked });
 });
 
 forgetButton.addEventListener("click", () => {
   if (!state.conversation) return;
-  const sure = window.confirm("Forget this conversation? The assistant loses its memory of it; the transcript stays here.");
-  if (sure) send({ type: "conversation.forget", conversation: state.conversation });
+  forgetDialog.returnValue = "";
+  forgetDialog.showModal();
+});
+
+forgetDialog.addEventListener("close", () => {
+  if (forgetDialog.returnValue !== "forget" || !state.conversation) return;
+  if (send({ type: "conversation.forget", conversation: state.conversation })) state.forgetting = true;
+  else showBanner("Not connected, so nothing was forgotten. Reconnecting…", "connection");
 });
 
 retryButton.addEventListener("click", () => {
   const failed = state.lastFailed;
   if (!failed) return;
-  state.lastFailed = null;
   hideBanner();
   submitMessage(failed.text, failed.memory);
+  textBox.focus();
 });
 
-document.getElementById("banner-close").addEventListener("click", hideBanner);
+$("banner-close").addEventListener("click", () => {
+  hideBanner();
+  textBox.focus();
+});
 
-chat.classList.add("scripted");
-setBusy(Boolean(state.activeRun));
+// Copy buttons on replies and on code blocks.
+transcript.addEventListener("click", async (event) => {
+  const button = event.target.closest("button.copy, button.copy-code");
+  if (!button) return;
+  const text = button.classList.contains("copy")
+    ? button.closest("li.message").dataset.text
+    : button.closest(".code-block").querySelector("pre").textContent;
+  const label = button.textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+    announce("Copied to the clipboard.");
+  } catch {
+    button.textContent = "Copy failed";
+  }
+  setTimeout(() => { button.textContent = label; }, 1500);
+});
+
+// The conversation list becomes a drawer on narrow screens.
+const narrow = window.matchMedia("(max-width: 760px)");
+
+function openSidebar() {
+  document.body.classList.add("sidebar-open");
+  sidebarToggle.setAttribute("aria-expanded", "true");
+  backdrop.hidden = false;
+  sidebar.querySelector("a[aria-current], a")?.focus();
+}
+
+function closeSidebar(returnFocus) {
+  document.body.classList.remove("sidebar-open");
+  sidebarToggle.setAttribute("aria-expanded", "false");
+  backdrop.hidden = true;
+  if (returnFocus) sidebarToggle.focus();
+}
+
+sidebarToggle.addEventListener("click", () => {
+  if (document.body.classList.contains("sidebar-open")) closeSidebar(true);
+  else openSidebar();
+});
+backdrop.addEventListener("click", () => closeSidebar(true));
+narrow.addEventListener("change", () => closeSidebar(false));
+
+// Start.
+
+const emptyState = $("empty-state")?.cloneNode(true);
+transcript.querySelectorAll("li.message").forEach(enhance);
+setBusy();
+autosize();
 connect();
 scrollToEnd();
-textBox.focus();
+// Phones would pop up the keyboard over the transcript; elsewhere the message box is ready.
+if (window.matchMedia("(pointer: fine)").matches) textBox.focus();

@@ -1,0 +1,614 @@
+"""The chat page in a real Chromium, against `make run`-style servers.
+
+Each site is a real daphne process (the command line `make run` uses) on its own fresh SQLite
+file, talking to a real `langgraph dev` serving the echo model. Debian's `chromium` is driven by
+Playwright. The tests assert what a person sees on the page, and save a screenshot of every state
+under test-results/screenshots/. With UPDATE_DOCS_SCREENSHOTS=1 the README's screenshots in
+docs/screenshots/ are refreshed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.server import EmbeddedBackend, free_port
+from chatsite.devserver import daphne_command
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "test-results"
+SHOTS = RESULTS / "screenshots"
+DOCS_SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"Chromium is not installed at {CHROMIUM}: install Debian's `chromium` package "
+        "(apt-get install -y chromium) or set CHROMIUM_PATH to run the browser tests",
+    ),
+]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+expect = sync_api.expect
+expect.set_options(timeout=15_000)
+
+UUID_PATH = re.compile(r"/c/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/$")
+SLOW_TAIL = "".join(f" w{index}" for index in range(60))  # the slow echo's padding
+
+
+def echo(text: str, seen: int) -> str:
+    return f"You said: {text} (I can see {seen} of your messages)"
+
+
+# Servers.
+
+
+class Site:
+    """A daphne process serving the site, as `make run` starts it."""
+
+    def __init__(self, name: str, *, backend_url: str, template_db: Path, workdir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        database = workdir / f"{name}.sqlite3"
+        shutil.copyfile(template_db, database)
+        self.env = site_env(database, backend_url)
+        RESULTS.mkdir(exist_ok=True)
+        self.log_path = RESULTS / f"daphne-{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> Site:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                daphne_command(host="127.0.0.1", port=self.port),
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                raise RuntimeError(f"daphne exited with {code}; see {self.log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"{self.url}/healthz", timeout=2.0)
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"daphne did not answer within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+def site_env(database: Path, backend_url: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "CHAT_", "LANGGRAPH_", "REDIS_URL", "DATABASE_URL"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="chatsite.settings",
+        DATABASE_URL=f"sqlite:///{database}",
+        LANGGRAPH_URL=backend_url,
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class Forwarder:
+    """A TCP relay to the run backend that can be switched on later: until then, nothing
+    listens on its port, exactly as when the backend is down."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self.server: socketserver.ThreadingTCPServer | None = None
+
+    def start(self) -> None:
+        target = ("127.0.0.1", self.target_port)
+
+        class Relay(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with socket.create_connection(target) as upstream:
+                    pump = threading.Thread(target=copy, args=(upstream, self.request), daemon=True)
+                    pump.start()
+                    copy(self.request, upstream)
+                    pump.join(timeout=30)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Relay)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def copy(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("browser")
+
+
+@pytest.fixture(scope="module")
+def template_db(workdir) -> Path:
+    """A migrated database that every site copies, so each starts fresh and none migrates."""
+    path = workdir / "template.sqlite3"
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=site_env(path, "http://127.0.0.1:9"),
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def site(langgraph: EmbeddedBackend, template_db, workdir) -> Iterator[Site]:
+    """The site on the fast echo model."""
+    server = Site("fast", backend_url=langgraph.url, template_db=template_db, workdir=workdir)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_site(langgraph_slow: EmbeddedBackend, template_db, workdir) -> Iterator[Site]:
+    """The site on the slow echo model: a reply streams for about 4 s."""
+    server = Site("slow", backend_url=langgraph_slow.url, template_db=template_db, workdir=workdir)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def down_site(langgraph: EmbeddedBackend, template_db, workdir) -> Iterator[tuple[Site, Forwarder]]:
+    """A site whose run backend is down until the test starts the forwarder to it."""
+    forwarder = Forwarder(target_port=langgraph.port)
+    server = Site(
+        "down", backend_url=f"http://127.0.0.1:{forwarder.port}", template_db=template_db,
+        workdir=workdir,
+    )  # fmt: skip
+    yield server.start(), forwarder
+    server.stop()
+    forwarder.stop()
+
+
+# The browser.
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def new_context(browser, request) -> Iterator[Callable]:
+    """Fresh browser contexts (a new visitor each); on failure, the pages are saved as PNGs."""
+    contexts = []
+    failed_before = request.session.testsfailed
+
+    def make(**options):
+        options.setdefault("viewport", {"width": 1280, "height": 800})
+        context = browser.new_context(**options)
+        contexts.append(context)
+        return context
+
+    yield make
+    if request.session.testsfailed > failed_before:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        for number, context in enumerate(contexts):
+            for page_number, page in enumerate(context.pages):
+                with contextlib.suppress(Exception):
+                    name = f"FAILED-{request.node.name}-{number}-{page_number}.png"
+                    page.screenshot(path=SHOTS / name)
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def new_page(new_context) -> Callable:
+    def make(**options):
+        return new_context(**options).new_page()
+
+    return make
+
+
+def shot(page, name: str, *, docs: str = "") -> None:
+    """Saves what the page shows now; with UPDATE_DOCS_SCREENSHOTS=1, a `docs` one also becomes
+    docs/screenshots/<docs>.png, which the README shows."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SHOTS / f"{name}.png", animations="disabled", caret="hide")
+    if docs and os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=DOCS_SHOTS / f"{docs}.png", animations="disabled", caret="hide")
+
+
+# What a person does and sees.
+
+
+def message_box(page):
+    return page.get_by_role("textbox", name="Message")
+
+
+def memory_switch(page):
+    return page.get_by_role("switch", name="Memory")
+
+
+def say(page, text: str) -> None:
+    """Types a message and presses Enter, as a person would."""
+    box = message_box(page)
+    box.fill(text)
+    box.press("Enter")
+
+
+def replies(page):
+    return page.locator("#transcript li.message.assistant:not(.streaming)")
+
+
+def streaming(page):
+    return page.locator("#transcript li.message.streaming")
+
+
+def badges(page):
+    return page.locator("#transcript li.message .badge")
+
+
+def reply_is(page, number: int, text: str) -> None:
+    """Waits for the `number`th reply (1-based) to be on the page, finished, saying `text`."""
+    expect(replies(page)).to_have_count(number)
+    expect(replies(page).nth(number - 1).locator(".body")).to_have_text(text)
+
+
+def chat(page, text: str, *, number: int, seen: int) -> None:
+    say(page, text)
+    reply_is(page, number, echo(text, seen))
+
+
+# The tests.
+
+
+def test_the_memory_switch_decides_what_the_assistant_sees(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    expect(page.locator("#empty-state")).to_contain_text(
+        "With Memory on, the assistant remembers everything you send in this conversation; "
+        "with it off, it sees only the message you just sent."
+    )
+    expect(memory_switch(page)).to_be_checked()
+    expect(message_box(page)).to_be_focused()
+    shot(page, "01-empty-state", docs="empty")
+
+    memory_switch(page).uncheck()
+    expect(page.locator("#memory-help")).to_contain_text("Memory off")
+    chat(page, "first", number=1, seen=1)
+    expect(page).to_have_url(UUID_PATH)
+    chat(page, "second", number=2, seen=1)
+    shot(page, "02-memory-off")
+
+    memory_switch(page).check()
+    expect(page.locator("#memory-help")).to_contain_text("Memory on")
+    chat(page, "third", number=3, seen=1)
+    chat(page, "fourth", number=4, seen=2)
+    chat(page, "fifth", number=5, seen=3)
+    marks = ["not remembered"] * 4 + ["remembered"] * 6
+    expect(badges(page)).to_have_text(marks)
+    # The conversation is titled by its first message, in the header, the list and the tab.
+    expect(page.get_by_role("heading", level=1)).to_have_text("first")
+    listed = page.get_by_role("navigation", name="Conversations").get_by_role("link", name="first")
+    expect(listed).to_have_attribute("aria-current", "page")
+    expect(page).to_have_title("first · Chat")
+    # Every message says when it was sent.
+    expect(page.locator("#transcript li.message time")).to_have_count(10)
+    for label in page.locator("#transcript li.message time").all_inner_texts():
+        assert re.search(r"\d{1,2}:\d{2}", label), label
+    shot(page, "03-memory-on")
+
+    # The transcript and its marks are the server's: a reload shows the same.
+    page.reload()
+    expect(badges(page)).to_have_text(marks)
+    expect(replies(page).last.locator(".body")).to_have_text(echo("fifth", 3))
+    expect(memory_switch(page)).to_be_checked()
+
+
+def test_stop_keeps_the_partial_reply_and_says_it_was_stopped(new_page, slow_site):
+    page = new_page()
+    page.goto(slow_site.url)
+    say(page, "tell me a long story")
+    expect(streaming(page)).to_contain_text("w3")
+    # The streaming reply sits in the live region that screen readers follow.
+    expect(page.locator("[aria-live] li.message.streaming")).to_be_visible()
+    expect(page.get_by_role("button", name="Send")).to_be_hidden()
+    shot(page, "04-streaming", docs="streaming")
+
+    page.get_by_role("button", name="Stop").click()
+    reply = replies(page).last
+    expect(reply.locator(".status")).to_have_text("stopped")
+    expect(reply.locator(".body")).to_contain_text(echo("tell me a long story", 1))
+    expect(reply.locator(".body")).not_to_contain_text("w59")
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    expect(message_box(page)).to_be_focused()
+    partial = reply.locator(".body").inner_text()
+    shot(page, "05-stopped")
+
+    page.reload()
+    expect(replies(page).last.locator(".status")).to_have_text("stopped")
+    expect(replies(page).last.locator(".body")).to_have_text(partial)
+
+
+def test_the_whole_chat_works_from_the_keyboard(new_page, slow_site):
+    page = new_page()
+    page.goto(slow_site.url)
+    expect(message_box(page)).to_be_focused()
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("line two")
+    page.keyboard.press("Enter")
+    user = page.locator("#transcript li.message.user").last
+    expect(user.locator(".body br")).to_have_count(1)
+    expect(user.locator(".body")).to_have_text(re.compile(r"line one\s+line two"))
+    expect(streaming(page)).to_contain_text("w2")
+    expect(message_box(page)).to_be_focused()
+
+    page.keyboard.press("Escape")
+    expect(replies(page).last.locator(".status")).to_have_text("stopped")
+    expect(message_box(page)).to_be_focused()
+
+    # The memory switch and Forget are reachable and work with the keyboard too.
+    memory_switch(page).focus()
+    page.keyboard.press("Space")
+    expect(memory_switch(page)).not_to_be_checked()
+    expect(page.locator("#memory-help")).to_contain_text("Memory off")
+
+
+def test_forget_asks_first_then_the_assistant_starts_counting_again(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    chat(page, "one", number=1, seen=1)
+    chat(page, "two", number=2, seen=2)
+    forget = page.get_by_role("button", name="Forget")
+    expect(forget).to_be_enabled()
+
+    forget.click()
+    dialog = page.get_by_role("dialog", name="Forget this conversation?")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    shot(page, "06-forget-dialog", docs="forget")
+    page.keyboard.press("Escape")  # changing one's mind forgets nothing
+    expect(dialog).to_be_hidden()
+    chat(page, "three", number=3, seen=3)
+
+    forget.click()
+    dialog.get_by_role("button", name="Forget").click()
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#toast")).to_contain_text("Forgotten")
+    expect(forget).to_be_disabled()
+    shot(page, "07-forgotten")
+    chat(page, "four", number=4, seen=1)
+    chat(page, "five", number=5, seen=2)
+    # The transcript stays: every message is still on the page.
+    expect(page.locator("#transcript li.message")).to_have_count(10)
+
+
+def test_a_cut_websocket_reconnects_and_the_reply_completes(new_page, slow_site):
+    page = new_page()
+    # Keep a handle on the page's sockets, so the test can cut the connection mid-reply.
+    page.add_init_script(
+        """
+        window.__sockets = [];
+        const NativeWebSocket = window.WebSocket;
+        window.WebSocket = class extends NativeWebSocket {
+          constructor(...args) { super(...args); window.__sockets.push(this); }
+        };
+        """
+    )
+    page.goto(slow_site.url)
+    say(page, "keep talking")
+    expect(streaming(page)).to_contain_text("w1")
+    page.evaluate("window.__sockets.forEach((socket) => socket.close())")
+    shot(page, "08-connection-cut")
+
+    reply_is(page, 1, echo("keep talking", 1) + SLOW_TAIL)
+    assert page.evaluate("window.__sockets.length") >= 2, "the page opened a new socket"
+    expect(page.locator("#banner")).to_be_hidden()
+    shot(page, "09-reconnected")
+
+
+def test_a_second_tab_shows_the_same_reply_streaming(new_context, slow_site):
+    context = new_context()
+    first = context.new_page()
+    first.goto(slow_site.url)
+    say(first, "share this")
+    expect(first).to_have_url(UUID_PATH)
+    expect(streaming(first)).to_be_visible()
+
+    second = context.new_page()
+    second.goto(first.url)
+    expect(second.locator("#transcript li.message.user")).to_have_text(re.compile("share this"))
+    expect(streaming(second)).to_contain_text(echo("share this", 1))
+    expect(streaming(second)).to_contain_text(re.compile(r"w\d"))
+    expect(second.get_by_role("button", name="Stop")).to_be_visible()
+    shot(second, "10-second-tab-streaming")
+
+    reply_is(second, 1, echo("share this", 1) + SLOW_TAIL)
+    reply_is(first, 1, echo("share this", 1) + SLOW_TAIL)
+    expect(second.get_by_role("button", name="Send")).to_be_visible()
+
+
+def test_without_javascript_the_form_still_chats(new_page, site):
+    page = new_page(java_script_enabled=False)
+    page.goto(site.url)
+    # Controls that need the script are not offered.
+    expect(page.get_by_role("button", name="Forget")).to_be_hidden()
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+
+    memory_switch(page).uncheck()
+    message_box(page).fill("no script")
+    page.get_by_role("button", name="Send").click()
+    expect(page).to_have_url(UUID_PATH)
+    reply_is(page, 1, echo("no script", 1))
+    expect(memory_switch(page)).not_to_be_checked()  # the conversation keeps its switch
+
+    message_box(page).fill("still none")
+    page.get_by_role("button", name="Send").click()
+    reply_is(page, 2, echo("still none", 1))
+
+    memory_switch(page).check()
+    for number, (text, seen) in enumerate([("remember a", 1), ("remember b", 2)], start=3):
+        message_box(page).fill(text)
+        page.get_by_role("button", name="Send").click()
+        reply_is(page, number, echo(text, seen))
+    expect(badges(page)).to_have_text(["not remembered"] * 4 + ["remembered"] * 4)
+    expect(page.get_by_role("heading", level=1)).to_have_text("no script")
+    shot(page, "11-no-javascript", docs="no-javascript")
+
+
+def test_a_failed_reply_shows_a_banner_and_retry_sends_it_again(new_page, down_site):
+    site, backend = down_site
+    page = new_page()
+    page.goto(site.url)
+    say(page, "are you there")
+    banner = page.locator("#banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_have_attribute("role", "alert")
+    expect(replies(page).last).to_have_class(re.compile(r"\bfailed\b"))
+    retry = banner.get_by_role("button", name="Retry")
+    expect(retry).to_be_visible()
+    shot(page, "12-error-banner", docs="error-retry")
+
+    backend.start()  # the backend is back
+    retry.click()
+    reply_is(page, 2, echo("are you there", 1))
+    expect(banner).to_be_hidden()
+    expect(message_box(page)).to_be_focused()
+
+
+def test_copy_buttons_and_code_blocks(new_context, site):
+    context = new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.goto(site.url)
+    text = "Here is code:\n```python\nprint('hi')\n```\nthanks"
+    say(page, text)
+    expect(replies(page)).to_have_count(1)
+    reply = replies(page).last
+    code = reply.locator(".code-block")
+    expect(code.locator(".code-language")).to_have_text("python")
+    expect(code.locator("pre")).to_have_text("print('hi')\n")
+
+    code.get_by_role("button", name="Copy code").click()
+    expect(code.get_by_role("button", name="Copy code")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "print('hi')\n"
+
+    reply.get_by_role("button", name="Copy reply").click()
+    assert page.evaluate("navigator.clipboard.readText()") == echo(text, 1)
+
+
+def test_every_control_is_labelled(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    chat(page, "label check", number=1, seen=1)
+    snapshot = page.locator("body").aria_snapshot()
+    unnamed = [
+        line.strip()
+        for line in snapshot.splitlines()
+        if re.match(r"\s*- (button|link|textbox|switch|checkbox|combobox)\b(?! \")", line)
+    ]
+    assert not unnamed, f"controls without a name: {unnamed}\n{snapshot}"
+    for role, name in [
+        ("switch", "Memory"),
+        ("textbox", "Message"),
+        ("button", "Send"),
+        ("button", "Forget"),
+        ("button", "Copy reply"),
+        ("link", "New chat"),
+    ]:
+        expect(page.get_by_role(role, name=name)).to_be_visible()
+
+
+def test_phones_and_dark_mode(new_page, site):
+    """The main states as the README shows them: light, dark, and a 360 px phone."""
+    page = new_page()
+    page.goto(site.url)
+    memory_switch(page).uncheck()
+    chat(page, "What is 2 + 2?", number=1, seen=1)
+    memory_switch(page).check()
+    chat(page, "My name is Ada.", number=2, seen=1)
+    code = "Show `print` in Python:\n```python\nprint('Hello, Ada')\n```\nThanks!"
+    say(page, code)
+    expect(replies(page)).to_have_count(3)
+    chat(page, "What is my name?", number=4, seen=3)
+    page.mouse.move(0, 0)
+    page.evaluate("document.activeElement.blur()")
+    shot(page, "chat-light", docs="light")
+
+    page.emulate_media(color_scheme="dark")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(15, 17, 21)", background
+    shot(page, "chat-dark", docs="dark")
+
+    page.set_viewport_size({"width": 360, "height": 740})
+    page.emulate_media(color_scheme="light")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360, f"the page scrolls sideways on a phone: {width} px wide"
+    expect(message_box(page)).to_be_visible()
+    expect(memory_switch(page)).to_be_visible()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    shot(page, "chat-phone", docs="phone")
+
+    # The conversation list is a drawer on phones.
+    toggle = page.get_by_role("button", name="Conversations")
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    expect(page.get_by_role("link", name="New chat")).to_be_hidden()
+    toggle.click()
+    expect(page.get_by_role("link", name="New chat")).to_be_visible()
+    shot(page, "chat-phone-conversations", docs="phone-conversations")
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("link", name="New chat")).to_be_hidden()
+    expect(toggle).to_be_focused()
+
+    page.emulate_media(color_scheme="dark")
+    shot(page, "chat-phone-dark", docs="phone-dark")
