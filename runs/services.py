@@ -630,13 +630,15 @@ _relays: dict[asyncio.AbstractEventLoop, _Relays] = {}
 
 async def relays_ensure() -> str:
     """Starts this process's relay control channel and supervisor once per event loop, and
-    returns the channel other processes reach its relays by."""
+    returns the channel other processes reach its relays by. (Its name keeps the layer's
+    default prefix: channels-redis serves all of a process's channels from one Redis list
+    only when they share it.)"""
     loop = asyncio.get_running_loop()
     relays = _relays.get(loop)
     if relays is None or relays.listener.done() or relays.supervisor.done():
         for old in [old for old in _relays if old.is_closed()]:
             del _relays[old]
-        channel = await get_channel_layer().new_channel("relays.")
+        channel = await get_channel_layer().new_channel()
         relays = _relays[loop] = _Relays(
             channel=channel,
             listener=loop.create_task(_relays_listen(channel), name="relay-control"),
@@ -659,7 +661,7 @@ async def _relay_progress(run: Run) -> tuple[str, int]:
     answer is no older than the caller's subscription; the last heartbeat's text otherwise."""
     if run.relay_channel:
         layer = get_channel_layer()
-        reply_to = await layer.new_channel("relays.reply.")
+        reply_to = await layer.new_channel()
         await layer.send(
             run.relay_channel, {"type": "relay.progress", "run": str(run.id), "reply_to": reply_to}
         )
