@@ -23,9 +23,21 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+# The whole suite on PostgreSQL (127.0.0.1:5432, trust auth, database `postgres`).
+test-postgres: install
+	DATABASE_URL=$${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres} $(BIN)/python -m pytest
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) staticfiles test-results .pytest_cache .ruff_cache
+
+# The relay against going direct (issue 7): prints the table, writes bench/results/latest.json.
+bench: install
+	$(BIN)/python -m bench.relay
+
+# Concurrency 10 only, about a minute: CI runs it to keep the harness working (bench/results/short.json).
+bench-short: install
+	$(BIN)/python -m bench.relay --short

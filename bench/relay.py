@@ -1,0 +1,901 @@
+"""The relay against going direct: what daphne and the chat flow add to a streamed reply.
+
+`python -m bench.relay` (`make bench`; `make bench-short` for CI) starts the embedded backend
+(`langgraph dev` with the echo model: a fixed reply length, a per-token delay, and every token
+stamped with the time it was emitted) and daphne on a fresh SQLite database, exactly as
+`make run` starts it. For each concurrency it measures, in the same run, rounds of
+
+- **direct**: N simulated users, each with its own `httpx.AsyncClient`, streaming the reply
+  straight from the backend with httpx-sse (`POST /runs/stream` with memory off,
+  `POST /threads/{id}/runs/stream` on a thread of their own with memory on);
+- **relay**: N websocket clients speaking protocol v1 to daphne (`chat.send`, then
+  `run.started`, `run.delta`..., `run.completed`): sessions, database writes, channel layer.
+
+The two modes alternate round by round (direct, relay, relay, direct, ...) so that drift
+cancels. Each cell (a concurrency and a memory setting) opens its users, warms them up with one
+unmeasured reply each (which also creates the conversations and threads), then runs the rounds;
+in every round each user sends `max(1, ceil(min_replies / N))` messages one after another.
+
+Figures, per mode: time to first token (send to the first token's arrival) p50/p95/p99,
+whole reply (send to `run.completed` / the SSE `end`) p50/p95, tokens per second (tokens
+received in all rounds / the rounds' wall time), per-token delivery latency (arrival minus the
+token's stamp) p50/p95, errors, and for the relay daphne's CPU seconds per relayed token
+(utime+stime from /proc/<pid>/stat across the relay rounds) and its peak RSS (VmHWM, reset at
+the start of each cell where the kernel allows it). Tokens are counted by their stamps, so the
+figures stay right if the relay coalesces deltas.
+
+All traffic goes to 127.0.0.1; every loop is bounded in count and every wait in time; the run
+stops by itself (`--max-minutes`). The exit status is 0 when every mode of every cell completed
+at least one reply, 1 when one did not (the harness or the product is broken), 2 when the
+servers could not be started. The figures themselves are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import aconnect_sse
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+
+from agent.server import EmbeddedBackend, free_port
+from chatsite.devserver import daphne_command
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+HOST = "127.0.0.1"
+PROMPT = "bench"
+# The echo model answers "You said: <prompt> (I can see <n> of your messages)", a token a word.
+BASE_TOKENS = len(f"You said: {PROMPT} (I can see 1 of your messages)".split(" "))
+STAMP = re.compile(r"@(\d+\.\d+)")
+AI_CHUNK_TYPES = frozenset({"AIMessageChunk", "ai"})
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MODES = ("direct", "relay")
+
+
+class HarnessError(RuntimeError):
+    """The servers could not be started or the harness cannot go on."""
+
+
+# Processes, measured through /proc.
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process (all its threads, living and ended)."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        data = stat.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def proc_tree_pids(root: int) -> list[int]:
+    """`root` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            continue
+        ppid = int(data[data.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    pids, todo = [], [root]
+    while todo and len(pids) < 1000:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(children.get(pid, ()))
+    return pids
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += proc_cpu_seconds(pid)
+    return total
+
+
+def proc_status_kib(pid: int, key: str) -> int | None:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Resets VmHWM (Linux >= 4.0, `echo 5 > /proc/<pid>/clear_refs`)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# Statistics.
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+# One reply, as a client saw it.
+
+
+@dataclass(slots=True)
+class Reply:
+    ok: bool = False
+    error: str = ""
+    ttft: float | None = None  # seconds from send to the first token
+    total: float | None = None  # seconds from send to the end of the reply
+    tokens: int = 0
+    latencies: list[float] = field(default_factory=list)  # arrival minus stamp, per token
+
+    def take(self, text: str, *, arrived: float, elapsed: float) -> None:
+        stamps = STAMP.findall(text)
+        if stamps and self.ttft is None:
+            self.ttft = elapsed
+        self.tokens += len(stamps)
+        self.latencies.extend(arrived - float(stamp) for stamp in stamps)
+
+    def finish(self, *, elapsed: float, expected_tokens: int) -> Reply:
+        self.total = elapsed
+        if self.tokens != expected_tokens:
+            self.error = f"incomplete: {self.tokens} of {expected_tokens} tokens"
+        else:
+            self.ok = True
+        return self
+
+
+# Direct: straight from the backend, one httpx client per simulated user.
+
+
+class DirectUser:
+    def __init__(self, *, url: str, memory: bool, timeout: float) -> None:
+        self.memory = memory
+        self.thread_id: str | None = None
+        self.client = httpx.AsyncClient(
+            base_url=url,
+            timeout=httpx.Timeout(connect=10.0, read=timeout, write=10.0, pool=10.0),
+            # As runs.backend does: below uvicorn's 5 s keep-alive, so that the server never
+            # closes a connection just as a new request goes out on it.
+            limits=httpx.Limits(
+                max_connections=4, max_keepalive_connections=4, keepalive_expiry=4.0
+            ),
+        )
+
+    async def open(self) -> None:
+        if self.memory:
+            response = await self.client.post(
+                "/threads", json={"metadata": {"bench": "relay", "user": uuid.uuid4().hex}}
+            )
+            response.raise_for_status()
+            self.thread_id = str(response.json()["thread_id"])
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def body(self) -> dict[str, Any]:
+        # As runs.backend.RunBackend._run_body builds it.
+        body: dict[str, Any] = {
+            "assistant_id": "agent",
+            "input": {"messages": [{"role": "user", "content": PROMPT}]},
+            "on_disconnect": "cancel",
+            "stream_mode": ["messages-tuple", "updates"],
+        }
+        if self.thread_id is None:
+            body["on_completion"] = "delete"
+        else:
+            body["multitask_strategy"] = "reject"
+        return body
+
+    async def send(self, *, expected_tokens: int) -> Reply:
+        reply = Reply()
+        path = (
+            "/runs/stream" if self.thread_id is None else f"/threads/{self.thread_id}/runs/stream"
+        )
+        started = time.perf_counter()
+        async with aconnect_sse(self.client, "POST", path, json=self.body()) as source:
+            if not source.response.is_success:
+                await source.response.aread()
+                reply.error = f"http {source.response.status_code}"
+                return reply
+            async for sse in source.aiter_sse():
+                event = sse.event
+                if event == "messages":
+                    arrived, elapsed = time.time(), time.perf_counter() - started
+                    payload = orjson.loads(sse.data)
+                    chunk = payload[0] if isinstance(payload, list) and payload else None
+                    if isinstance(chunk, dict) and chunk.get("type") in AI_CHUNK_TYPES:
+                        content = chunk.get("content")
+                        if isinstance(content, str) and content:
+                            reply.take(content, arrived=arrived, elapsed=elapsed)
+                elif event == "error":
+                    reply.error = f"backend error: {sse.data[:120]}"
+                    return reply
+                elif event == "end":
+                    break
+        return reply.finish(elapsed=time.perf_counter() - started, expected_tokens=expected_tokens)
+
+
+# Relay: protocol v1 through daphne, one websocket (and so one session) per simulated user.
+
+
+class RelayUser:
+    def __init__(self, *, url: str, origin: str, memory: bool) -> None:
+        self.url = url
+        self.origin = origin
+        self.memory = memory
+        self.conversation: str | None = None
+        self.ws: ClientConnection | None = None
+
+    async def open(self) -> None:
+        self.ws = await ws_connect(
+            self.url,
+            origin=self.origin,
+            compression=None,
+            ping_interval=None,
+            open_timeout=30,
+            close_timeout=2,
+            max_size=2**20,
+        )
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+
+    async def send(self, *, expected_tokens: int) -> Reply:
+        assert self.ws is not None
+        reply = Reply()
+        client_id = uuid.uuid4().hex[:16]
+        frame = {
+            "type": "chat.send",
+            "text": PROMPT,
+            "memory": self.memory,
+            "conversation": self.conversation,
+            "client_id": client_id,
+        }
+        run = None
+        seq = 0
+        started = time.perf_counter()
+        await self.ws.send(orjson.dumps(frame).decode())
+        while True:
+            raw = await self.ws.recv(decode=False)
+            arrived, elapsed = time.time(), time.perf_counter() - started
+            message = orjson.loads(raw)
+            kind = message.get("type")
+            if kind == "run.delta":
+                if message.get("run") != run:
+                    continue
+                seq += 1
+                if message.get("seq") != seq:
+                    reply.error = f"delta seq {message.get('seq')} where {seq} was due"
+                    seq = message.get("seq") or seq
+                reply.take(message.get("text") or "", arrived=arrived, elapsed=elapsed)
+            elif kind == "run.started":
+                if message.get("client_id") == client_id:
+                    run = message.get("run")
+                    self.conversation = message.get("conversation")
+            elif kind == "run.completed":
+                if message.get("run") == run:
+                    if reply.error:  # a sequence gap: finished, but not whole
+                        return reply
+                    return reply.finish(elapsed=elapsed, expected_tokens=expected_tokens)
+            elif kind in ("run.failed", "run.cancelled"):
+                if message.get("run") == run:
+                    code = (message.get("error") or {}).get("code", "")
+                    reply.error = f"{kind} {code}".strip()
+                    return reply
+            elif kind == "error":
+                if message.get("client_id") in (client_id, None):
+                    reply.error = f"error {message.get('code')}"
+                    return reply
+
+
+# The servers.
+
+
+@dataclass
+class Servers:
+    backend: EmbeddedBackend
+    daphne: subprocess.Popen
+    daphne_port: int
+    workdir: Path
+    backend_pids: list[int]
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{HOST}:{self.daphne_port}/ws/chat/"
+
+    @property
+    def origin(self) -> str:
+        return f"http://{HOST}:{self.daphne_port}"
+
+
+def wait_port(port: int, *, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise HarnessError(f"daphne exited with {process.returncode}; see {log}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise HarnessError(f"daphne did not listen on {port} within {timeout:.0f} s; see {log}")
+
+
+def servers_start(args: argparse.Namespace, workdir: Path) -> Servers:
+    backend_env = {
+        "AGENT_ECHO_DELAY_MS": str(args.delay_ms),
+        "AGENT_ECHO_EXTRA_TOKENS": str(args.reply_tokens - BASE_TOKENS),
+        "AGENT_ECHO_STAMP": "1",
+    }
+    backend = EmbeddedBackend(
+        model="echo", env=backend_env, jobs=args.jobs, log_path=workdir / "langgraph.log"
+    )
+    try:
+        backend.start(timeout=120)
+    except RuntimeError as exc:
+        raise HarnessError(str(exc)) from exc
+    assert backend.process is not None
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+        "LANGGRAPH_URL": backend.url,
+        # Production settings, with a throwaway key that lives as long as this run.
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": f"{HOST},localhost",
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+        # One simulated user sends far more than a person would: the limit is still checked.
+        "CHAT_RATE_LIMIT": str(args.rate_limit),
+        "PYTHONUNBUFFERED": "1",
+    }
+    migrate = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    if migrate.returncode != 0:
+        backend.stop()
+        raise HarnessError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
+    port = free_port()
+    log_path = workdir / "daphne.log"
+    with open(log_path, "ab") as log:
+        daphne = subprocess.Popen(
+            daphne_command(host=HOST, port=port),
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_port(port, process=daphne, timeout=60, log=log_path)
+    except HarnessError:
+        servers_stop_processes(backend, daphne)
+        raise
+    return Servers(
+        backend=backend,
+        daphne=daphne,
+        daphne_port=port,
+        workdir=workdir,
+        backend_pids=proc_tree_pids(backend.process.pid),
+    )
+
+
+def servers_stop_processes(backend: EmbeddedBackend, daphne: subprocess.Popen) -> None:
+    if daphne.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daphne.pid, signal.SIGTERM)
+        try:
+            daphne.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(daphne.pid, signal.SIGKILL)
+            daphne.wait(timeout=5)
+    backend.stop()
+
+
+# Rounds.
+
+
+@dataclass
+class ModeResult:
+    replies: list[Reply] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def bounded(coro: Any, timeout: float) -> Reply:
+    try:
+        async with asyncio.timeout(timeout):
+            return await coro
+    except TimeoutError:
+        return Reply(error="timeout")
+    except Exception as exc:  # one user's failure is a figure, not the end of the run
+        return Reply(error=f"{type(exc).__name__}: {str(exc)[:120]}")
+
+
+async def user_round(user: DirectUser | RelayUser, *, count: int, args: argparse.Namespace):
+    replies = []
+    for _ in range(count):
+        replies.append(
+            await bounded(user.send(expected_tokens=args.reply_tokens), args.reply_timeout)
+        )
+    return replies
+
+
+async def run_round(
+    users: list[Any], *, per_user: int, servers: Servers, args: argparse.Namespace
+) -> tuple[list[Reply], dict[str, Any]]:
+    daphne_pid = servers.daphne.pid
+    before = (
+        proc_cpu_seconds(daphne_pid),
+        tree_cpu_seconds(servers.backend_pids),
+        self_cpu_seconds(),
+    )
+    started = time.perf_counter()
+    results = await asyncio.gather(*(user_round(u, count=per_user, args=args) for u in users))
+    wall = time.perf_counter() - started
+    after = (
+        proc_cpu_seconds(daphne_pid),
+        tree_cpu_seconds(servers.backend_pids),
+        self_cpu_seconds(),
+    )
+    replies = [reply for user_replies in results for reply in user_replies]
+    tokens = sum(reply.tokens for reply in replies)
+    record = {
+        "wall_s": round(wall, 4),
+        "replies": len(replies),
+        "errors": sum(not reply.ok for reply in replies),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "daphne_cpu_s": round(after[0] - before[0], 3),
+        "backend_cpu_s": round(after[1] - before[1], 3),
+        "client_cpu_s": round(after[2] - before[2], 3),
+    }
+    return replies, record
+
+
+def summarize(result: ModeResult) -> dict[str, Any]:
+    replies = result.replies
+    ok = [r for r in replies if r.ok]
+    ttft = [r.ttft for r in replies if r.ttft is not None]
+    total = [r.total for r in ok if r.total is not None]
+    latencies = [lat for r in replies for lat in r.latencies]
+    tokens = sum(r.tokens for r in replies)
+    wall = sum(round_["wall_s"] for round_ in result.rounds)
+    daphne_cpu = sum(round_["daphne_cpu_s"] for round_ in result.rounds)
+    backend_cpu = sum(round_["backend_cpu_s"] for round_ in result.rounds)
+    client_cpu = sum(round_["client_cpu_s"] for round_ in result.rounds)
+    errors: dict[str, int] = {}
+    for reply in replies:
+        if not reply.ok:
+            errors[reply.error] = errors.get(reply.error, 0) + 1
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 3)
+
+    return {
+        "replies": len(replies),
+        "completed": len(ok),
+        "errors": len(replies) - len(ok),
+        "error_kinds": errors,
+        "tokens": tokens,
+        "wall_s": round(wall, 3),
+        "ttft_ms": {f"p{q}": ms(percentile(ttft, q)) for q in (50, 95, 99)},
+        "reply_ms": {f"p{q}": ms(percentile(total, q)) for q in (50, 95, 99)},
+        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "token_latency_ms": {f"p{q}": ms(percentile(latencies, q)) for q in (50, 95, 99)},
+        "daphne_cpu_s": round(daphne_cpu, 3),
+        "daphne_cpu_ms_per_token": round(daphne_cpu * 1000 / tokens, 4) if tokens else None,
+        "backend_cpu_ms_per_token": round(backend_cpu * 1000 / tokens, 4) if tokens else None,
+        "client_cpu_ms_per_token": round(client_cpu * 1000 / tokens, 4) if tokens else None,
+        "rounds": result.rounds,
+    }
+
+
+def ratio(relay: float | None, direct: float | None) -> float | None:
+    if relay is None or direct is None or direct == 0:
+        return None
+    return round(relay / direct, 3)
+
+
+def ratios(direct: dict[str, Any], relay: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("ttft_ms", "reply_ms", "token_latency_ms"):
+        for q in ("p50", "p95", "p99"):
+            out[f"{key}_{q}"] = ratio(relay[key][q], direct[key][q])
+    out["tokens_per_s"] = ratio(relay["tokens_per_s"], direct["tokens_per_s"])
+    for q in ("p50", "p95"):
+        r, d = relay["token_latency_ms"][q], direct["token_latency_ms"][q]
+        out[f"token_latency_added_ms_{q}"] = None if r is None or d is None else round(r - d, 3)
+    return out
+
+
+async def open_users(users: list[Any], *, timeout: float, batch: int = 50) -> None:
+    """Opens the users a batch at a time (a burst of handshakes is not what is measured)."""
+    for start in range(0, len(users), batch):
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(user.open() for user in users[start : start + batch]))
+
+
+async def run_cell(
+    *, concurrency: int, memory: bool, servers: Servers, args: argparse.Namespace, deadline: float
+) -> dict[str, Any]:
+    label = f"c={concurrency} memory={'on' if memory else 'off'}"
+    per_user = max(1, math.ceil(args.min_replies / concurrency))
+    users: dict[str, list[Any]] = {
+        "direct": [
+            DirectUser(url=servers.backend.url, memory=memory, timeout=args.reply_timeout)
+            for _ in range(concurrency)
+        ],
+        "relay": [
+            RelayUser(url=servers.ws_url, origin=servers.origin, memory=memory)
+            for _ in range(concurrency)
+        ],
+    }
+    results = {mode: ModeResult() for mode in MODES}
+    daphne_pid = servers.daphne.pid
+    peak_reset = reset_peak_rss(daphne_pid)
+    rss_before = proc_status_kib(daphne_pid, "VmRSS")
+    aborted = ""
+    try:
+        for mode in MODES:
+            await open_users(users[mode], timeout=args.reply_timeout)
+        # Warm-up: one unmeasured reply per user (connections, conversations, threads).
+        for mode in MODES:
+            warm, record = await run_round(users[mode], per_user=1, servers=servers, args=args)
+            failed = [reply.error for reply in warm if not reply.ok]
+            log(f"{label} warm-up {mode}: {record['replies'] - len(failed)} ok, "
+                f"{len(failed)} failed {sorted(set(failed))[:3]}")  # fmt: skip
+            if len(failed) == len(warm):
+                raise HarnessError(f"{label}: every {mode} warm-up reply failed: {failed[0]}")
+        for index in range(args.rounds * 2):
+            if time.monotonic() > deadline:
+                aborted = "the run's time limit was reached"
+                break
+            pair, second = divmod(index, 2)
+            # direct, relay, relay, direct, direct, relay ...: linear drift cancels.
+            mode = MODES[(pair + second) % 2]
+            await asyncio.sleep(args.pause)
+            replies, record = await run_round(
+                users[mode], per_user=per_user, servers=servers, args=args
+            )
+            record["index"] = index
+            results[mode].replies.extend(replies)
+            results[mode].rounds.append(record)
+            log(
+                f"{label} round {index + 1}/{args.rounds * 2} {mode:6}: "
+                f"{record['replies']} replies, {record['errors']} errors, "
+                f"{record['tokens_per_s']} tok/s, daphne {record['daphne_cpu_s']} s CPU"
+            )
+    finally:
+        await asyncio.gather(*(u.close() for mode in MODES for u in users[mode]))
+    summary = {mode: summarize(results[mode]) for mode in MODES}
+    summary["relay"]["daphne_peak_rss_mib"] = round(
+        (proc_status_kib(daphne_pid, "VmHWM") or 0) / 1024, 1
+    )
+    summary["relay"]["daphne_peak_rss_is_lifetime"] = not peak_reset
+    summary["relay"]["daphne_rss_before_mib"] = round((rss_before or 0) / 1024, 1)
+    return {
+        "concurrency": concurrency,
+        "memory": memory,
+        "messages_per_user_per_round": per_user,
+        **summary,
+        "ratio": ratios(summary["direct"], summary["relay"]),
+        "aborted": aborted,
+    }
+
+
+# Output.
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+COLUMNS = [
+    ("conc", 5), ("memory", 6), ("mode", 6), ("replies", 7),
+    ("ttft p50", 9), ("p95", 8), ("p99", 8), ("reply p50", 9), ("p95", 8),
+    ("tok/s", 8), ("tok-lat p50", 11), ("p95", 8), ("errors", 6),
+    ("daphne ms CPU/tok", 17), ("daphne peak RSS MiB", 19),
+]  # fmt: skip
+
+
+def table(cells: list[dict[str, Any]]) -> str:
+    def row(values: list[str]) -> str:
+        return "  ".join(v.rjust(width) for v, (_, width) in zip(values, COLUMNS, strict=True))
+
+    lines = [row([name for name, _ in COLUMNS])]
+    lines.append("-" * len(lines[0]))
+    for cell in cells:
+        memory = "on" if cell["memory"] else "off"
+        conc = str(cell["concurrency"])
+        for mode in MODES:
+            s = cell[mode]
+            relay = mode == "relay"
+            lines.append(
+                row([
+                    conc, memory, mode, str(s["replies"]),
+                    fmt(s["ttft_ms"]["p50"]), fmt(s["ttft_ms"]["p95"]), fmt(s["ttft_ms"]["p99"]),
+                    fmt(s["reply_ms"]["p50"]), fmt(s["reply_ms"]["p95"]),
+                    fmt(s["tokens_per_s"], 0),
+                    fmt(s["token_latency_ms"]["p50"], 2), fmt(s["token_latency_ms"]["p95"], 2),
+                    str(s["errors"]),
+                    fmt(s["daphne_cpu_ms_per_token"], 3) if relay else "",
+                    fmt(s["daphne_peak_rss_mib"]) if relay else "",
+                ])
+            )  # fmt: skip
+        r = cell["ratio"]
+        lines.append(
+            row([
+                conc, memory, "ratio", "",
+                fmt(r["ttft_ms_p50"], 2), fmt(r["ttft_ms_p95"], 2), fmt(r["ttft_ms_p99"], 2),
+                fmt(r["reply_ms_p50"], 2), fmt(r["reply_ms_p95"], 2),
+                fmt(r["tokens_per_s"], 2),
+                fmt(r["token_latency_ms_p50"], 2), fmt(r["token_latency_ms_p95"], 2),
+                "", "", "",
+            ])
+        )  # fmt: skip
+        lines.append(
+            row([
+                conc, memory, "+ms", "", "", "", "", "", "", "",
+                fmt(r["token_latency_added_ms_p50"], 2), fmt(r["token_latency_added_ms_p95"], 2),
+                "", "", "",
+            ])
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+            timeout=10,
+        )  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+# Main.
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.relay", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="CI mode: concurrency 10, 2 round pairs, results in short.json",
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50, 100, 200])
+    parser.add_argument("--memory", choices=["off", "on", "both"], default="both")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="round pairs (one direct and one relay round each) per cell",
+    )
+    parser.add_argument(
+        "--min-replies",
+        type=int,
+        default=10,
+        help="at low concurrency each user sends several messages per round "
+        "so that a round has at least this many replies",
+    )
+    parser.add_argument(
+        "--reply-tokens", type=int, default=40, help=f"tokens per reply (at least {BASE_TOKENS})"
+    )
+    parser.add_argument(
+        "--delay-ms", type=float, default=20.0, help="the echo model's delay before each token"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=256,
+        help="the backend's concurrent runs (at least the top concurrency)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=1_000_000,
+        help="CHAT_RATE_LIMIT for the benchmark's daphne (still checked)",
+    )
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds between rounds")
+    parser.add_argument("--reply-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--max-minutes", type=float, default=20.0, help="stop starting rounds after this long"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default bench/results/latest.json, short.json)",
+    )
+    parser.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the temporary directory with the database and server logs",
+    )
+    args = parser.parse_args(argv)  # fmt: skip
+    if args.short:
+        args.concurrency = [10]
+        args.rounds = min(args.rounds, 2)
+    if args.reply_tokens < BASE_TOKENS:
+        parser.error(f"--reply-tokens must be at least {BASE_TOKENS}")
+    if min(args.concurrency) < 1 or args.rounds < 1 or args.min_replies < 1:
+        parser.error("concurrency, rounds and min-replies must be at least 1")
+    if args.jobs < max(args.concurrency):
+        parser.error("--jobs must be at least the top concurrency")
+    if args.out is None:
+        args.out = RESULTS_DIR / ("short.json" if args.short else "latest.json")
+    return args
+
+
+async def run_all(args: argparse.Namespace, servers: Servers) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + args.max_minutes * 60
+    memories = {"off": [False], "on": [True], "both": [False, True]}[args.memory]
+    cells = []
+    for concurrency in args.concurrency:
+        for memory in memories:
+            if time.monotonic() > deadline:
+                log(f"time limit reached: c={concurrency} memory={memory} not run")
+                continue
+            cells.append(
+                await run_cell(
+                    concurrency=concurrency,
+                    memory=memory,
+                    servers=servers,
+                    args=args,
+                    deadline=deadline,
+                )
+            )
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python -m bench.relay " + " ".join(sys.argv[1:] if argv is None else argv)
+    workdir = Path(tempfile.mkdtemp(prefix="chatsite-bench-"))
+    started_at = datetime.now(UTC)
+    # Other work on the machine skews both modes; the alternation cancels drift, not noise.
+    load_start = [round(x, 2) for x in os.getloadavg()]
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    log(f"starting the backend and daphne (work directory {workdir})")
+    try:
+        servers = servers_start(args, workdir)
+    except HarnessError as exc:
+        log(f"could not start the servers: {exc}")
+        return 2
+    log(
+        f"backend {servers.backend.url} (pid {servers.backend.process.pid}), "
+        f"daphne {servers.origin} (pid {servers.daphne.pid})"
+    )
+    cells: list[dict[str, Any]] = []
+    failure = ""
+    try:
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        cells = runner(run_all(args, servers))
+    except HarnessError as exc:
+        failure = str(exc)
+    except KeyboardInterrupt:
+        failure = "interrupted"
+    finally:
+        servers_stop_processes(servers.backend, servers.daphne)
+        if failure or args.keep_workdir:
+            log(f"server logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    broken = [
+        f"c={cell['concurrency']} memory={cell['memory']} {mode}"
+        for cell in cells
+        for mode in MODES
+        if cell[mode]["completed"] == 0
+    ]
+    meta = {
+        "command": command,
+        "load_average_start": load_start,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "duration_s": round((datetime.now(UTC) - started_at).total_seconds(), 1),
+        "revision": git_revision(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "reply_tokens": args.reply_tokens,
+            "delay_ms": args.delay_ms,
+            "rounds": args.rounds,
+            "min_replies": args.min_replies,
+            "backend_jobs": args.jobs,
+            "rate_limit": args.rate_limit,
+            "channel_layer": "redis" if os.environ.get("REDIS_URL") else "in-memory",
+            "database": "sqlite (fresh file)",
+            "django_debug": False,
+        },
+        "failure": failure,
+        "broken": broken,
+    }
+    text = table(cells) if cells else "(no cell completed)"
+    header = (
+        f"{command}\n{meta['started_at']}  revision {meta['revision']}  "
+        f"{args.reply_tokens} tokens a reply, {args.delay_ms:g} ms a token, "
+        f"{args.rounds} round pairs a cell, {os.cpu_count()} CPUs, "
+        f"load average {load_start[0]:.2f} before and {meta['load_average_end'][0]:.2f} after\n"
+        "times in ms; tok-lat = token arrival minus its emission stamp; ratio = relay/direct; "
+        "+ms = relay minus direct"
+    )
+    print(header)
+    print(text, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(
+        orjson.dumps({"meta": meta, "cells": cells}, option=orjson.OPT_INDENT_2) + b"\n"
+    )
+    args.out.with_suffix(".txt").write_text(f"{header}\n{text}\n")
+    log(f"results written to {args.out} and {args.out.with_suffix('.txt')}")
+    if failure:
+        log(f"FAILED: {failure}")
+        return 1
+    if broken:
+        log(f"FAILED: no reply completed in {', '.join(broken)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
