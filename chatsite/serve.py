@@ -1,15 +1,24 @@
 """daphne, as `make run` and the deployment docs start it: `python -m chatsite.serve ARGS`.
 
-The arguments are daphne's own. One behaviour its command line cannot set: when a client
-breaks the rules (a message over `--websocket-max-message-size`, say), autobahn's default is
-to drop the TCP connection without a word. Here it sends the close frame with the reason's
-code first, so the client learns why (1009 for a message too big), as protocol v1 promises.
+The arguments are daphne's own. It runs on uvloop, a faster event loop. One behaviour its
+command line cannot set: when a client breaks the rules (a message over
+`--websocket-max-message-size`, say), autobahn's default is to drop the TCP connection
+without a word. Here it sends the close frame with the reason's code first, so the client
+learns why (1009 for a message too big), as protocol v1 promises.
 """
 
 from __future__ import annotations
 
-from daphne import ws_protocol
-from daphne.cli import CommandLineInterface
+import asyncio
+
+import uvloop
+
+# daphne makes its event loop when daphne.server is imported: choose uvloop before that.
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+import daphne.server  # noqa: E402, F401  (for that side effect, before the rest of daphne)
+from daphne import ws_protocol  # noqa: E402
+from daphne.cli import CommandLineInterface  # noqa: E402
 
 
 def websocket_failures_close_cleanly() -> None:

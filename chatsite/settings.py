@@ -105,7 +105,7 @@ if REDIS_URL:
 else:
     # One process only: the in-memory layer cannot reach sockets served by another process.
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+        "default": {"BACKEND": "runs.layers.LocalChannelLayer", "CONFIG": {"capacity": 1000}}
     }
 
 AUTH_PASSWORD_VALIDATORS = [

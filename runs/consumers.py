@@ -9,12 +9,12 @@ from importlib import import_module
 from typing import Any
 
 import orjson
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 
 from runs import services
+from runs.db import db_call
 from runs.exceptions import ChatError, InvalidRequest, RateLimited, UnknownType
 from runs.selectors import conversation_get
 from runs.wire import json_object_parse
@@ -57,7 +57,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)
             return
         # A program without a cookie gets a session of its own to own conversations.
-        self.owner = await database_sync_to_async(services.owner_for_session)(
+        self.owner = await db_call(services.owner_for_session)(
             user=user, session=self.scope["session"]
         )
         self.groups_watched: set[str] = set()
@@ -120,10 +120,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise InvalidRequest(
                     f"`client_id` must be a string of at most {CLIENT_ID_MAX_CHARS} characters."
                 )
-            if (
-                self.owner.user_id is not None
-                and not await database_sync_to_async(self._still_signed_in)()
-            ):
+            if self.owner.user_id is not None and not await db_call(self._still_signed_in)():
                 await self.send_error(
                     ChatError("You were signed out. Sign in again to go on.", code="signed_out"),
                     client_id=client_id,
@@ -185,9 +182,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_conversation_watch(self, frame: dict[str, Any], client_id: str | None) -> None:
         conversation_id = _uuid_field(frame, "conversation")
         # Ownership first: a stranger's conversation must not be subscribed to.
-        await database_sync_to_async(conversation_get)(
-            owner=self.owner, conversation_id=conversation_id
-        )
+        await db_call(conversation_get)(owner=self.owner, conversation_id=conversation_id)
         # Subscribed before the snapshot is read, so no delta falls between the two.
         await self.watch(conversation_id)
         await self.send_json(

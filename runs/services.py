@@ -10,6 +10,7 @@ every socket has gone; every frame goes through the conversation's channel-layer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -21,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -29,6 +29,7 @@ from django.db.models import Prefetch, Q
 from django.utils import timezone
 
 from runs.backend import RunStarted, TextDelta, get_backend
+from runs.db import db_call
 from runs.exceptions import (
     Busy,
     ChatError,
@@ -234,7 +235,7 @@ async def chat_start(
     """Validates and saves the user's message and a pending run, before the backend is called."""
     cleaned = message_text_clean(text=text)
     relay_channel = await relays_ensure()
-    return await database_sync_to_async(_chat_start)(
+    return await db_call(_chat_start)(
         owner=owner,
         conversation_id=conversation_id,
         text=cleaned,
@@ -264,6 +265,7 @@ class LiveRun:
     cancel_requested: bool = False
     finishing: bool = False
     task: asyncio.Task | None = None
+    marking: asyncio.Future | None = None
 
     @property
     def text(self) -> str:
@@ -289,7 +291,7 @@ async def _thread_new(live: LiveRun, *, lost: bool) -> str:
     thread = await get_backend().thread_create(
         metadata={"conversation_id": str(live.conversation_id)}
     )
-    await database_sync_to_async(_thread_attach)(
+    await db_call(_thread_attach)(
         conversation_id=live.conversation_id,
         run_id=live.run_id,
         thread_id=thread.thread_id,
@@ -370,7 +372,10 @@ async def _relay_finish(
 ) -> dict[str, Any] | None:
     """Saves the outcome, tells every watcher, and returns the final frame."""
     live.finishing = True
-    finished = await database_sync_to_async(_run_finish)(
+    if live.marking is not None:
+        with contextlib.suppress(Exception):
+            await live.marking
+    finished = await db_call(_run_finish)(
         run_id=live.run_id,
         status=status,
         text=live.text,
@@ -461,8 +466,12 @@ async def _relay(live: LiveRun) -> None:
                     )
                 elif type(event) is RunStarted:
                     live.backend_run_id = event.run_id
-                    await database_sync_to_async(_run_mark_streaming)(
-                        run_id=live.run_id, backend_run_id=event.run_id
+                    # Not awaited: the first token need not wait for this write. The database
+                    # thread runs calls in order, so it lands before the run is finished.
+                    live.marking = asyncio.ensure_future(
+                        db_call(_run_mark_streaming)(
+                            run_id=live.run_id, backend_run_id=event.run_id
+                        )
                     )
 
     await _run_to_end(live, stream)
@@ -533,9 +542,10 @@ def _relays_heartbeat(*, snapshots: list[tuple[uuid.UUID, str]]) -> None:
 
 def runs_interrupt(
     *, stale_after: timedelta | None, exclude: set[uuid.UUID] = frozenset()
-) -> list[dict[str, Any]]:
+) -> list[tuple[uuid.UUID, dict[str, Any]]]:
     """Fails the active runs whose relay is gone (no heartbeat for `stale_after`; all of them
-    when None), keeping the reply as far as it was saved. Returns their final frames."""
+    when None), keeping the reply as far as it was saved. Returns their conversations and final
+    frames."""
     runs = Run.objects.filter(status__in=Run.ACTIVE_STATUSES).exclude(pk__in=exclude)
     if stale_after is not None:
         runs = runs.filter(heartbeat_at__lt=timezone.now() - stale_after)
@@ -551,7 +561,7 @@ def runs_interrupt(
             "The reply is kept as far as it got.",
         )
         if finished is not None:
-            frames.append(_final_frame(*finished))
+            frames.append((finished[0].conversation_id, _final_frame(*finished)))
     return frames
 
 
@@ -560,17 +570,12 @@ async def relays_supervise_once() -> None:
     has stopped beating anywhere and tell their watchers."""
     live = [(run.run_id, run.text) for run in LIVE_RUNS.values() if not run.finishing]
     if live:
-        await database_sync_to_async(_relays_heartbeat)(snapshots=live)
+        await db_call(_relays_heartbeat)(snapshots=live)
     beat = settings.CHAT_RELAY_HEARTBEAT_SECONDS
-    frames = await database_sync_to_async(runs_interrupt)(
+    frames = await db_call(runs_interrupt)(
         stale_after=timedelta(seconds=beat * 3), exclude=set(LIVE_RUNS)
     )
-    for frame in frames:
-        conversation_id = (
-            await Run.objects.filter(pk=frame["run"])
-            .values_list("conversation_id", flat=True)
-            .aget()
-        )
+    for conversation_id, frame in frames:
         await frame_publish(conversation_id=conversation_id, frame=frame)
 
 
@@ -689,7 +694,7 @@ async def run_cancel(*, owner: Owner, run_id: Any) -> None:
     """Stops a run: a thread run through the backend's cancel endpoint, a stateless one by
     closing its stream (started with on_disconnect="cancel"). The partial reply is kept.
     A run relayed by another process is stopped by that process."""
-    run = await database_sync_to_async(_run_for_owner)(owner=owner, run_id=run_id)
+    run = await db_call(_run_for_owner)(owner=owner, run_id=run_id)
     live = LIVE_RUNS.get(run.id)
     if live is not None:
         await _live_cancel(live)
@@ -713,7 +718,7 @@ async def conversation_set_memory(
     *, owner: Owner, conversation_id: Any, enabled: bool
 ) -> Conversation:
     """Flips the switch. Off never deletes the thread: on again resumes it."""
-    return await database_sync_to_async(_conversation_set_memory)(
+    return await db_call(_conversation_set_memory)(
         owner=owner, conversation_id=conversation_id, enabled=enabled
     )
 
@@ -733,7 +738,7 @@ def _conversation_clear_thread(*, conversation_id: uuid.UUID, thread_id: str) ->
 
 async def conversation_forget(*, owner: Owner, conversation_id: Any) -> Conversation:
     """Deletes the backend thread; the transcript stays. The next remembered message starts anew."""
-    conversation = await database_sync_to_async(_conversation_for_forget)(
+    conversation = await db_call(_conversation_for_forget)(
         owner=owner, conversation_id=conversation_id
     )
     if conversation.thread_id:
@@ -741,7 +746,7 @@ async def conversation_forget(*, owner: Owner, conversation_id: Any) -> Conversa
             await get_backend().thread_delete(thread_id=conversation.thread_id)
         except ThreadNotFound:
             pass  # already gone: forgetting it is done
-        await database_sync_to_async(_conversation_clear_thread)(
+        await db_call(_conversation_clear_thread)(
             conversation_id=conversation.id, thread_id=conversation.thread_id
         )
         conversation.thread_id = ""
@@ -756,7 +761,7 @@ async def conversation_delete(*, owner: Owner, conversation_id: Any) -> None:
     """Deletes the conversation, its transcript, and its backend thread. If the backend cannot
     be reached the conversation is kept, so no thread is left behind unseen."""
     conversation = await conversation_forget(owner=owner, conversation_id=conversation_id)
-    await database_sync_to_async(_conversation_delete_rows)(conversation_id=conversation.id)
+    await db_call(_conversation_delete_rows)(conversation_id=conversation.id)
 
 
 # Snapshots.
@@ -771,7 +776,7 @@ def _snapshot_rows(
 
 async def conversation_snapshot(*, owner: Owner, conversation_id: Any) -> dict[str, Any]:
     """The `conversation.snapshot` frame: the transcript and the reply streamed so far."""
-    conversation, messages = await database_sync_to_async(_snapshot_rows)(
+    conversation, messages = await db_call(_snapshot_rows)(
         owner=owner, conversation_id=conversation_id
     )
     active_run = None
@@ -818,7 +823,7 @@ async def conversation_forget_by_staff(*, conversation_ids: Iterable[Any]) -> St
     Like `conversation_forget`: the transcript stays, a thread already gone counts as forgotten,
     and a conversation whose reply is still streaming is left alone (reported as busy).
     """
-    conversations = await database_sync_to_async(_conversations_for_staff_forget)(
+    conversations = await db_call(_conversations_for_staff_forget)(
         conversation_ids=list(conversation_ids)
     )
     outcome = StaffForgetOutcome()
@@ -843,7 +848,7 @@ async def conversation_forget_by_staff(*, conversation_ids: Iterable[Any]) -> St
             except ChatError as exc:
                 outcome.failed.append((conversation.id, exc.message))
                 return
-        await database_sync_to_async(_conversation_clear_thread)(
+        await db_call(_conversation_clear_thread)(
             conversation_id=conversation.id, thread_id=conversation.thread_id
         )
         outcome.forgotten.append(conversation.id)

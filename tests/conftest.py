@@ -247,3 +247,13 @@ def fake_backend(settings):
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _chat_database_thread_closes():
+    """The chat flow's database thread keeps its connection open: close it before pytest-django
+    drops the test database (PostgreSQL refuses to drop a database in use)."""
+    yield
+    from runs.db import db_close
+
+    db_close()
