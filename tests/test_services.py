@@ -1,0 +1,97 @@
+"""The chat flow in runs/services.py, below the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from django.db import connection
+
+from runs import services
+from runs.db import db_call
+from runs.exceptions import Busy, EmptyText, InvalidRequest, TextTooLong
+from runs.models import Conversation, Message, Run
+from runs.selectors import Owner
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+VISITOR = Owner(user_id=None, session_key="visitor-one")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", EmptyText),
+        ("  \n\t", EmptyText),
+        ("a\x00b", InvalidRequest),
+        ("\ud800", InvalidRequest),
+    ],
+)
+def test_bad_text_is_refused(text, error):
+    with pytest.raises(error):
+        services.message_text_clean(text=text)
+
+
+def test_text_is_trimmed_and_limited(settings):
+    settings.CHAT_MAX_MESSAGE_CHARS = 5
+    assert services.message_text_clean(text="  hello \n") == "hello"
+    with pytest.raises(TextTooLong, match="at most 5 characters; this one has 6"):
+        services.message_text_clean(text="hello!")
+
+
+async def test_the_users_message_is_saved_before_the_backend_is_called(closed_port_url):
+    started = await services.chat_start(
+        owner=VISITOR, conversation_id=None, text="  first words  ", memory=True
+    )
+    # Nothing has gone to the backend yet, and the message is already kept.
+    message = await Message.objects.aget(pk=started.user_message.pk)
+    assert message.text == "first words" and message.remembered is True
+    conversation = await Conversation.objects.aget(pk=started.conversation.pk)
+    assert conversation.title == "first words"
+    assert conversation.active_run_id == started.run.id
+    assert started.run.status == Run.Status.PENDING and started.run.mode == Run.Mode.THREAD
+
+
+async def test_one_active_run_per_conversation(closed_port_url):
+    started = await services.chat_start(owner=VISITOR, conversation_id=None, text="a", memory=False)
+    with pytest.raises(Busy):
+        await services.chat_start(
+            owner=VISITOR, conversation_id=started.conversation.id, text="b", memory=False
+        )
+    assert not await Message.objects.filter(text="b").aexists()
+
+
+async def test_database_writes_per_streamed_reply_are_constant_not_per_token(
+    settings, backend_url, slow_backend_url, socket_factory
+):
+    """A short reply and one with 60 more tokens write the same number of rows."""
+    settings.CHAT_RELAY_HEARTBEAT_SECONDS = 600  # no heartbeat inside the measured replies
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    # Every chat-flow query runs on the one database thread: watch its connection.
+    await db_call(lambda: connection.execute_wrappers.append(record))()
+    try:
+        writes = {}
+        for name, url in (("short", backend_url), ("long", slow_backend_url)):
+            settings.LANGGRAPH_URL = url
+            socket = await socket_factory()
+            statements.clear()
+            done = await socket.chat(f"count my writes ({name})", memory=False)
+            await asyncio.sleep(0.1)
+            tokens = len(done["message"]["text"].split())
+            writes[name] = (
+                sum(
+                    sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
+                    for sql in statements
+                ),
+                tokens,
+            )
+    finally:
+        await db_call(lambda: connection.execute_wrappers.remove(record))()
+    (short_writes, short_tokens), (long_writes, long_tokens) = writes["short"], writes["long"]
+    assert long_tokens >= short_tokens + 60
+    assert 5 <= short_writes == long_writes <= 8, writes
