@@ -97,6 +97,10 @@ class EchoChatModel(_StreamingChatModel):
         tokens += [f" w{index}" for index in range(self.extra_tokens)]
         return tokens
 
+    def _stamped(self, token: str) -> str:
+        """With AGENT_ECHO_STAMP, the token ends with the time it is emitted."""
+        return f"{token}@{time.time():.6f} " if self.stamp else token
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -107,9 +111,7 @@ class EchoChatModel(_StreamingChatModel):
         for token in self.reply_tokens(messages):
             if self.delay_seconds:
                 time.sleep(self.delay_seconds)
-            if self.stamp:
-                token = f"{token}@{time.time():.6f} "
-            yield self._emit(token, run_manager)
+            yield self._emit(self._stamped(token), run_manager)
 
     async def _astream(
         self,
@@ -122,8 +124,7 @@ class EchoChatModel(_StreamingChatModel):
         for token in self.reply_tokens(messages):
             if self.delay_seconds:
                 await asyncio.sleep(self.delay_seconds)
-            if self.stamp:
-                token = f"{token}@{time.time():.6f} "
+            token = self._stamped(token)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
             if run_manager is not None:
                 await run_manager.on_llm_new_token(token, chunk=chunk)

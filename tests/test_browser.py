@@ -15,18 +15,14 @@ import re
 import shutil
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.server import EmbeddedBackend, free_port
-from chatsite.devserver import daphne_command
+from tests.live import LiveSite, manage, site_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "test-results"
@@ -64,67 +60,12 @@ def echo(text: str, seen: int) -> str:
 # Servers.
 
 
-class Site:
-    """A daphne process serving the site, as `make run` starts it."""
-
-    def __init__(self, name: str, *, backend_url: str, template_db: Path, workdir: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        database = workdir / f"{name}.sqlite3"
-        shutil.copyfile(template_db, database)
-        self.env = site_env(database, backend_url)
-        RESULTS.mkdir(exist_ok=True)
-        self.log_path = RESULTS / f"daphne-{name}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60.0) -> Site:
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                daphne_command(host="127.0.0.1", port=self.port),
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                raise RuntimeError(f"daphne exited with {code}; see {self.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"{self.url}/healthz", timeout=2.0)
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"daphne did not answer within {timeout:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-
-def site_env(database: Path, backend_url: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "CHAT_", "LANGGRAPH_", "REDIS_URL", "DATABASE_URL"))
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="chatsite.settings",
-        DATABASE_URL=f"sqlite:///{database}",
-        LANGGRAPH_URL=backend_url,
-        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+def fresh_site(name: str, *, backend_url: str, template_db: Path, workdir: Path) -> LiveSite:
+    """A site (daphne, as `make run` starts it) on its own copy of the migrated database."""
+    database = workdir / f"{name}.sqlite3"
+    shutil.copyfile(template_db, database)
+    env = site_env(database_url=f"sqlite:///{database}", backend_url=backend_url)
+    return LiveSite(name, env=env)
 
 
 class Forwarder:
@@ -175,37 +116,39 @@ def workdir(tmp_path_factory) -> Path:
 def template_db(workdir) -> Path:
     """A migrated database that every site copies, so each starts fresh and none migrates."""
     path = workdir / "template.sqlite3"
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"],
-        cwd=ROOT,
-        env=site_env(path, "http://127.0.0.1:9"),
-        check=True,
-        capture_output=True,
+    manage(
+        "migrate",
+        "--noinput",
+        env=site_env(database_url=f"sqlite:///{path}", backend_url="http://127.0.0.1:9"),
     )
     return path
 
 
 @pytest.fixture(scope="module")
-def site(langgraph: EmbeddedBackend, template_db, workdir) -> Iterator[Site]:
+def site(langgraph: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]:
     """The site on the fast echo model."""
-    server = Site("fast", backend_url=langgraph.url, template_db=template_db, workdir=workdir)
+    server = fresh_site("fast", backend_url=langgraph.url, template_db=template_db, workdir=workdir)
     yield server.start()
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def slow_site(langgraph_slow: EmbeddedBackend, template_db, workdir) -> Iterator[Site]:
+def slow_site(langgraph_slow: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]:
     """The site on the slow echo model: a reply streams for about 4 s."""
-    server = Site("slow", backend_url=langgraph_slow.url, template_db=template_db, workdir=workdir)
+    server = fresh_site(
+        "slow", backend_url=langgraph_slow.url, template_db=template_db, workdir=workdir
+    )
     yield server.start()
     server.stop()
 
 
 @pytest.fixture
-def down_site(langgraph: EmbeddedBackend, template_db, workdir) -> Iterator[tuple[Site, Forwarder]]:
+def down_site(
+    langgraph: EmbeddedBackend, template_db, workdir
+) -> Iterator[tuple[LiveSite, Forwarder]]:
     """A site whose run backend is down until the test starts the forwarder to it."""
     forwarder = Forwarder(target_port=langgraph.port)
-    server = Site(
+    server = fresh_site(
         "down", backend_url=f"http://127.0.0.1:{forwarder.port}", template_db=template_db,
         workdir=workdir,
     )  # fmt: skip
