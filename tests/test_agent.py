@@ -51,3 +51,14 @@ def test_real_smollm2_streams_tokens_through_the_graph():
     tokens = stream_tokens(graph, "Say hello.")
     assert len(tokens) >= 2, tokens
     assert "".join(tokens).strip()
+
+
+def test_the_embedded_backend_runs_with_the_queue_wakeup_patch(langgraph):
+    """`make run`'s backend starts new runs at once; the patch is pinned to the runtime version
+    it was tested with, and this fails if an upgrade leaves it unapplied."""
+    from importlib import metadata
+
+    from agent.server import PATCHED_RUNTIME_VERSIONS
+
+    assert metadata.version("langgraph-runtime-inmem") in PATCHED_RUNTIME_VERSIONS
+    assert "queue wake-up patch applied" in langgraph.log_path.read_text()
