@@ -41,6 +41,10 @@ class LocalChannelLayer(InMemoryChannelLayer):
             raise ChannelFull(channel) from None
 
     async def group_send(self, group: str, message: dict) -> None:
+        self.group_send_nowait(group, message)
+
+    def group_send_nowait(self, group: str, message: dict) -> None:
+        """group_send without a suspension point: the relay publishes deltas from a callback."""
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_group_name(group)
         self._clean_expired()

@@ -236,9 +236,10 @@ def test_forget_works_without_javascript(client, backend_url):
     assert "Forgotten" in done.content.decode()
     assert thread_is_gone(thread_id)
     client.post("/send/", {"text": "two", "memory": "on", "conversation": str(conversation.pk)})
-    assert "You said: two (I can see 1 of your messages)" in client.get(
-        f"/c/{conversation.pk}/"
-    ).content.decode()
+    assert (
+        "You said: two (I can see 1 of your messages)"
+        in client.get(f"/c/{conversation.pk}/").content.decode()
+    )
     assert Client().get(f"/c/{conversation.pk}/forget/").status_code == 404
 
 
