@@ -250,9 +250,10 @@ def fake_backend(settings):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _chat_database_thread_closes():
+def _chat_database_thread_closes(django_db_setup, django_db_blocker):
     """The chat flow's database thread keeps its connection open: close it before pytest-django
-    drops the test database (PostgreSQL refuses to drop a database in use)."""
+    drops the test database (PostgreSQL refuses to drop a database in use). Depending on
+    django_db_setup makes this teardown run before that one."""
     yield
     from runs.db import db_close
 
