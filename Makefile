@@ -34,10 +34,12 @@ lint: install
 clean:
 	rm -rf $(VENV) staticfiles test-results .pytest_cache .ruff_cache
 
-# The relay against going direct (issue 7): prints the table, writes bench/results/latest.json.
+# The relay against going direct (issue 7), then one daphne against two behind a local HAProxy
+# on PostgreSQL and Redis (issue 8): prints the tables, writes bench/results/latest.json.
 bench: install
 	$(BIN)/python -m bench.relay
 
-# Concurrency 10 only, about a minute: CI runs it to keep the harness working (bench/results/short.json).
+# Concurrency 10 only (the scale-out rows too), under a minute: CI runs it to keep the harness
+# working (bench/results/short.json).
 bench-short: install
 	$(BIN)/python -m bench.relay --short

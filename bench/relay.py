@@ -24,6 +24,22 @@ token's stamp) p50/p95, errors, and for the relay daphne's CPU seconds per relay
 the start of each cell where the kernel allows it). Tokens are counted by their stamps, so the
 figures stay right if the relay coalesces deltas.
 
+Then the scale-out rows (issue 8; `--scale on|off|only`): the same alternation with three
+modes, on a fresh PostgreSQL database and an empty Redis database as the channel layer (both on
+127.0.0.1; created here, dropped and flushed at the end), at `--scale-concurrency` (100 and 200;
+10 in the short mode) with memory off unless `--scale-memory` says otherwise:
+
+- **direct**, as above;
+- **relay-1p**: one daphne;
+- **relay-2p-lb**: two daphne processes behind a local HAProxy (Debian's `haproxy`, started
+  here on a generated configuration, `balance leastconn`) on one port.
+
+Their daphne CPU per token sums the relay's processes, and peak RSS is given for the largest
+process and as the sum of the processes' peaks; the balancer's own CPU has a column of its own.
+Ratios: each relay mode against direct in the same cell, and two processes against one. Without
+PostgreSQL or Redis these rows are skipped, without haproxy the relay-2p-lb row, with a message
+saying so; neither is a failure.
+
 All traffic goes to 127.0.0.1; every loop is bounded in count and every wait in time; the run
 stops by itself (`--max-minutes`). The exit status is 0 when every mode of every cell completed
 at least one reply, 1 when one did not (the harness or the product is broken), 2 when the
@@ -334,20 +350,36 @@ class RelayUser:
 
 
 @dataclass
-class Servers:
-    backend: EmbeddedBackend
-    daphne: subprocess.Popen
-    daphne_port: int
-    workdir: Path
-    backend_pids: list[int]
+class Daphne:
+    name: str
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{HOST}:{self.daphne_port}/ws/chat/"
+        return f"ws://{HOST}:{self.port}/ws/chat/"
 
     @property
     def origin(self) -> str:
-        return f"http://{HOST}:{self.daphne_port}"
+        return f"http://{HOST}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A mode of a cell: where its users go, and whose CPU and memory are its cost."""
+
+    mode: str
+    relay: bool
+    ws_url: str = ""
+    origin: str = ""
+    # The relay's daphne processes (for direct: those of the cell, idle, as a baseline).
+    daphne_pids: tuple[int, ...] = ()
+    balancer_pids: tuple[int, ...] = ()
 
 
 def wait_port(port: int, *, process: subprocess.Popen, timeout: float, log: Path) -> None:
@@ -361,7 +393,7 @@ def wait_port(port: int, *, process: subprocess.Popen, timeout: float, log: Path
     raise HarnessError(f"daphne did not listen on {port} within {timeout:.0f} s; see {log}")
 
 
-def servers_start(args: argparse.Namespace, workdir: Path) -> Servers:
+def backend_start(args: argparse.Namespace, workdir: Path) -> EmbeddedBackend:
     backend_env = {
         "AGENT_ECHO_DELAY_MS": str(args.delay_ms),
         "AGENT_ECHO_EXTRA_TOKENS": str(args.reply_tokens - BASE_TOKENS),
@@ -375,59 +407,82 @@ def servers_start(args: argparse.Namespace, workdir: Path) -> Servers:
     except RuntimeError as exc:
         raise HarnessError(str(exc)) from exc
     assert backend.process is not None
-    env = {
-        **os.environ,
+    return backend
+
+
+def site_env(
+    args: argparse.Namespace, *, database_url: str, backend_url: str, **extra: str
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
-        "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
-        "LANGGRAPH_URL": backend.url,
+        "DATABASE_URL": database_url,
+        "LANGGRAPH_URL": backend_url,
         # Production settings, with a throwaway key that lives as long as this run.
         "DJANGO_DEBUG": "false",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_SECRET_KEY": args.secret_key,
         "DJANGO_ALLOWED_HOSTS": f"{HOST},localhost",
         "DJANGO_SECURE_SSL_REDIRECT": "false",
         # One simulated user sends far more than a person would: the limit is still checked.
         "CHAT_RATE_LIMIT": str(args.rate_limit),
         "PYTHONUNBUFFERED": "1",
-    }
-    migrate = subprocess.run(
+    })  # fmt: skip
+    env.update(extra)
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    result = subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
-    if migrate.returncode != 0:
-        backend.stop()
-        raise HarnessError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
+    if result.returncode != 0:
+        raise HarnessError(f"migrate failed:\n{result.stdout}{result.stderr}")
+
+
+def daphne_spawn(env: dict[str, str], *, name: str, workdir: Path) -> Daphne:
     port = free_port()
-    log_path = workdir / "daphne.log"
-    with open(log_path, "ab") as log:
-        daphne = subprocess.Popen(
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
             daphne_command(host=HOST, port=port),
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    try:
-        wait_port(port, process=daphne, timeout=60, log=log_path)
-    except HarnessError:
-        servers_stop_processes(backend, daphne)
-        raise
-    return Servers(
-        backend=backend,
-        daphne=daphne,
-        daphne_port=port,
-        workdir=workdir,
-        backend_pids=proc_tree_pids(backend.process.pid),
-    )
+    return Daphne(name=name, process=process, port=port, log_path=log_path)
 
 
-def servers_stop_processes(backend: EmbeddedBackend, daphne: subprocess.Popen) -> None:
-    if daphne.poll() is None:
+def daphne_wait(daphne: Daphne, *, timeout: float = 60) -> None:
+    wait_port(daphne.port, process=daphne.process, timeout=timeout, log=daphne.log_path)
+
+
+def daphne_stop(daphne: Daphne) -> None:
+    process = daphne.process
+    if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(daphne.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGTERM)
         try:
-            daphne.wait(timeout=10)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(daphne.pid, signal.SIGKILL)
-            daphne.wait(timeout=5)
-    backend.stop()
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+def healthy(origin: str, *, timeout: float = 20.0) -> None:
+    """GET /healthz answers 200 (through the load balancer, say) within `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{origin}/healthz", timeout=5.0)
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code == 200:
+                return
+            last = f"http {response.status_code}"
+        time.sleep(0.2)
+    raise HarnessError(f"{origin}/healthz did not answer 200 within {timeout:.0f} s ({last})")
 
 
 # Rounds.
@@ -459,21 +514,29 @@ async def user_round(user: DirectUser | RelayUser, *, count: int, args: argparse
 
 
 async def run_round(
-    users: list[Any], *, per_user: int, servers: Servers, args: argparse.Namespace
+    users: list[Any],
+    *,
+    per_user: int,
+    target: Target,
+    backend_pids: list[int],
+    args: argparse.Namespace,
 ) -> tuple[list[Reply], dict[str, Any]]:
-    daphne_pid = servers.daphne.pid
+    daphne_pids = list(target.daphne_pids)
+    balancer_pids = list(target.balancer_pids)
     before = (
-        proc_cpu_seconds(daphne_pid),
-        tree_cpu_seconds(servers.backend_pids),
+        tree_cpu_seconds(daphne_pids),
+        tree_cpu_seconds(backend_pids),
         self_cpu_seconds(),
+        tree_cpu_seconds(balancer_pids),
     )
     started = time.perf_counter()
     results = await asyncio.gather(*(user_round(u, count=per_user, args=args) for u in users))
     wall = time.perf_counter() - started
     after = (
-        proc_cpu_seconds(daphne_pid),
-        tree_cpu_seconds(servers.backend_pids),
+        tree_cpu_seconds(daphne_pids),
+        tree_cpu_seconds(backend_pids),
         self_cpu_seconds(),
+        tree_cpu_seconds(balancer_pids),
     )
     replies = [reply for user_replies in results for reply in user_replies]
     tokens = sum(reply.tokens for reply in replies)
@@ -487,6 +550,8 @@ async def run_round(
         "backend_cpu_s": round(after[1] - before[1], 3),
         "client_cpu_s": round(after[2] - before[2], 3),
     }
+    if balancer_pids:
+        record["balancer_cpu_s"] = round(after[3] - before[3], 3)
     return replies, record
 
 
@@ -509,7 +574,7 @@ def summarize(result: ModeResult) -> dict[str, Any]:
     def ms(value: float | None) -> float | None:
         return None if value is None else round(value * 1000, 3)
 
-    return {
+    summary = {
         "replies": len(replies),
         "completed": len(ok),
         "errors": len(replies) - len(ok),
@@ -526,6 +591,13 @@ def summarize(result: ModeResult) -> dict[str, Any]:
         "client_cpu_ms_per_token": round(client_cpu * 1000 / tokens, 4) if tokens else None,
         "rounds": result.rounds,
     }
+    if any("balancer_cpu_s" in round_ for round_ in result.rounds):
+        balancer_cpu = sum(round_.get("balancer_cpu_s", 0.0) for round_ in result.rounds)
+        summary["balancer_cpu_s"] = round(balancer_cpu, 3)
+        summary["balancer_cpu_ms_per_token"] = (
+            round(balancer_cpu * 1000 / tokens, 4) if tokens else None
+        )
+    return summary
 
 
 def ratio(relay: float | None, direct: float | None) -> float | None:
@@ -553,72 +625,129 @@ async def open_users(users: list[Any], *, timeout: float, batch: int = 50) -> No
             await asyncio.gather(*(user.open() for user in users[start : start + batch]))
 
 
+def round_order(modes: list[str], passes: int) -> list[str]:
+    """Each pass runs every mode once, forward then backward (A B C, C B A, A B ...).
+
+    With two modes this is direct, relay, relay, direct, ...: linear drift cancels.
+    """
+    order: list[str] = []
+    for index in range(passes):
+        order.extend(modes if index % 2 == 0 else reversed(modes))
+    return order
+
+
 async def run_cell(
-    *, concurrency: int, memory: bool, servers: Servers, args: argparse.Namespace, deadline: float
+    *,
+    concurrency: int,
+    memory: bool,
+    targets: list[Target],
+    backend: EmbeddedBackend,
+    backend_pids: list[int],
+    args: argparse.Namespace,
+    deadline: float,
+    label: str = "",
 ) -> dict[str, Any]:
-    label = f"c={concurrency} memory={'on' if memory else 'off'}"
+    label = f"{label}c={concurrency} memory={'on' if memory else 'off'}"
     per_user = max(1, math.ceil(args.min_replies / concurrency))
+    modes = [target.mode for target in targets]
     users: dict[str, list[Any]] = {
-        "direct": [
-            DirectUser(url=servers.backend.url, memory=memory, timeout=args.reply_timeout)
+        target.mode: [
+            RelayUser(url=target.ws_url, origin=target.origin, memory=memory)
+            if target.relay
+            else DirectUser(url=backend.url, memory=memory, timeout=args.reply_timeout)
             for _ in range(concurrency)
-        ],
-        "relay": [
-            RelayUser(url=servers.ws_url, origin=servers.origin, memory=memory)
-            for _ in range(concurrency)
-        ],
+        ]
+        for target in targets
     }
-    results = {mode: ModeResult() for mode in MODES}
-    daphne_pid = servers.daphne.pid
-    peak_reset = reset_peak_rss(daphne_pid)
-    rss_before = proc_status_kib(daphne_pid, "VmRSS")
+    results = {mode: ModeResult() for mode in modes}
+    all_daphnes = sorted({pid for target in targets for pid in target.daphne_pids})
+    all_balancers = sorted({pid for target in targets for pid in target.balancer_pids})
+    peak_reset = all([reset_peak_rss(pid) for pid in all_daphnes + all_balancers])
+    rss_before = {pid: proc_status_kib(pid, "VmRSS") or 0 for pid in all_daphnes}
+    order = round_order(modes, args.rounds)
+    notes: list[str] = []
     aborted = ""
     try:
-        for mode in MODES:
-            await open_users(users[mode], timeout=args.reply_timeout)
+        for target in targets:
+            await open_users(users[target.mode], timeout=args.reply_timeout)
         # Warm-up: one unmeasured reply per user (connections, conversations, threads).
-        for mode in MODES:
-            warm, record = await run_round(users[mode], per_user=1, servers=servers, args=args)
+        for target in targets:
+            mode = target.mode
+            warm, record = await run_round(
+                users[mode], per_user=1, target=target, backend_pids=backend_pids, args=args
+            )
             failed = [reply.error for reply in warm if not reply.ok]
             log(f"{label} warm-up {mode}: {record['replies'] - len(failed)} ok, "
                 f"{len(failed)} failed {sorted(set(failed))[:3]}")  # fmt: skip
             if len(failed) == len(warm):
-                raise HarnessError(f"{label}: every {mode} warm-up reply failed: {failed[0]}")
-        for index in range(args.rounds * 2):
+                if not target.relay:  # no baseline to compare with: the backend is broken
+                    raise HarnessError(f"{label}: every {mode} warm-up reply failed: {failed[0]}")
+                # The product failed this load: say so in the table, measure the other modes.
+                kinds = sorted(set(failed))
+                notes.append(
+                    f"{label} {mode}: every warm-up reply failed ({len(failed)} x, e.g. "
+                    f"{kinds[0]!r}); its row shows that warm-up round, no measured rounds"
+                )
+                log(f"{label} {mode}: every warm-up reply failed; its rounds are skipped")
+                record["index"] = -1
+                record["warm_up"] = True
+                results[mode].replies.extend(warm)
+                results[mode].rounds.append(record)
+                order = [other for other in order if other != mode]
+        by_mode = {target.mode: target for target in targets}
+        for index, mode in enumerate(order):
             if time.monotonic() > deadline:
                 aborted = "the run's time limit was reached"
                 break
-            pair, second = divmod(index, 2)
-            # direct, relay, relay, direct, direct, relay ...: linear drift cancels.
-            mode = MODES[(pair + second) % 2]
             await asyncio.sleep(args.pause)
             replies, record = await run_round(
-                users[mode], per_user=per_user, servers=servers, args=args
+                users[mode],
+                per_user=per_user,
+                target=by_mode[mode],
+                backend_pids=backend_pids,
+                args=args,
             )
             record["index"] = index
             results[mode].replies.extend(replies)
             results[mode].rounds.append(record)
+            balancer = (
+                f", balancer {record['balancer_cpu_s']} s" if "balancer_cpu_s" in record else ""
+            )
             log(
-                f"{label} round {index + 1}/{args.rounds * 2} {mode:6}: "
+                f"{label} round {index + 1}/{len(order)} {mode:6}: "
                 f"{record['replies']} replies, {record['errors']} errors, "
-                f"{record['tokens_per_s']} tok/s, daphne {record['daphne_cpu_s']} s CPU"
+                f"{record['tokens_per_s']} tok/s, daphne {record['daphne_cpu_s']} s CPU{balancer}"
             )
     finally:
-        await asyncio.gather(*(u.close() for mode in MODES for u in users[mode]))
-    summary = {mode: summarize(results[mode]) for mode in MODES}
-    summary["relay"]["daphne_peak_rss_mib"] = round(
-        (proc_status_kib(daphne_pid, "VmHWM") or 0) / 1024, 1
-    )
-    summary["relay"]["daphne_peak_rss_is_lifetime"] = not peak_reset
-    summary["relay"]["daphne_rss_before_mib"] = round((rss_before or 0) / 1024, 1)
-    return {
+        await asyncio.gather(*(u.close() for mode in modes for u in users[mode]))
+    summary = {mode: summarize(results[mode]) for mode in modes}
+    for target in targets:
+        if not target.relay:
+            continue
+        s = summary[target.mode]
+        peaks = [(proc_status_kib(pid, "VmHWM") or 0) / 1024 for pid in target.daphne_pids]
+        s["daphne_processes"] = len(target.daphne_pids)
+        s["daphne_peak_rss_mib"] = round(max(peaks, default=0), 1)
+        s["daphne_peak_rss_sum_mib"] = round(sum(peaks), 1)
+        s["daphne_peak_rss_is_lifetime"] = not peak_reset
+        s["daphne_rss_before_mib"] = round(
+            sum(rss_before.get(pid, 0) for pid in target.daphne_pids) / 1024, 1
+        )
+        if target.balancer_pids:
+            s["balancer_peak_rss_mib"] = round(
+                sum((proc_status_kib(pid, "VmHWM") or 0) for pid in target.balancer_pids) / 1024,
+                1,
+            )
+    cell: dict[str, Any] = {
         "concurrency": concurrency,
         "memory": memory,
         "messages_per_user_per_round": per_user,
+        "modes": modes,
         **summary,
-        "ratio": ratios(summary["direct"], summary["relay"]),
         "aborted": aborted,
+        "notes": notes,
     }
+    return cell
 
 
 # Output.
@@ -639,50 +768,126 @@ COLUMNS = [
     ("daphne ms CPU/tok", 17), ("daphne peak RSS MiB", 19),
 ]  # fmt: skip
 
+# The scale-out rows: CPU is the sum over the relay's daphne processes, RSS their largest
+# peak and the sum of their peaks; lb = the load balancer's own CPU.
+SCALE_COLUMNS = [
+    ("conc", 5), ("memory", 6), ("mode", 12), ("replies", 7),
+    ("ttft p50", 9), ("p95", 8), ("p99", 8), ("reply p50", 9), ("p95", 8),
+    ("tok/s", 8), ("tok-lat p50", 11), ("p95", 8), ("errors", 6),
+    ("daphne ms CPU/tok", 17), ("peak RSS MiB max", 16), ("sum", 6), ("lb ms CPU/tok", 13),
+]  # fmt: skip
+SCALE_MODES = ("direct", "relay-1p", "relay-2p-lb")
+SCALE_SHORT = {"direct": "direct", "relay-1p": "1p", "relay-2p-lb": "2p-lb"}
+
+
+def render(columns: list[tuple[str, int]], rows: list[list[str]]) -> list[str]:
+    def row(values: list[str]) -> str:
+        return "  ".join(v.rjust(width) for v, (_, width) in zip(values, columns, strict=True))
+
+    lines = [row([name for name, _ in columns])]
+    lines.append("-" * len(lines[0]))
+    lines.extend(row(values) for values in rows)
+    return lines
+
+
+def figures(s: dict[str, Any]) -> list[str]:
+    """The columns from "replies" to "errors" of one mode."""
+    return [
+        str(s["replies"]),
+        fmt(s["ttft_ms"]["p50"]), fmt(s["ttft_ms"]["p95"]), fmt(s["ttft_ms"]["p99"]),
+        fmt(s["reply_ms"]["p50"]), fmt(s["reply_ms"]["p95"]),
+        fmt(s["tokens_per_s"], 0),
+        fmt(s["token_latency_ms"]["p50"], 2), fmt(s["token_latency_ms"]["p95"], 2),
+        str(s["errors"]),
+    ]  # fmt: skip
+
+
+def ratio_figures(r: dict[str, Any]) -> list[str]:
+    return [
+        "",
+        fmt(r["ttft_ms_p50"], 2), fmt(r["ttft_ms_p95"], 2), fmt(r["ttft_ms_p99"], 2),
+        fmt(r["reply_ms_p50"], 2), fmt(r["reply_ms_p95"], 2),
+        fmt(r["tokens_per_s"], 2),
+        fmt(r["token_latency_ms_p50"], 2), fmt(r["token_latency_ms_p95"], 2),
+        "",
+    ]  # fmt: skip
+
+
+def added_figures(r: dict[str, Any]) -> list[str]:
+    return [
+        "", "", "", "", "", "", "",
+        fmt(r["token_latency_added_ms_p50"], 2), fmt(r["token_latency_added_ms_p95"], 2), "",
+    ]  # fmt: skip
+
 
 def table(cells: list[dict[str, Any]]) -> str:
-    def row(values: list[str]) -> str:
-        return "  ".join(v.rjust(width) for v, (_, width) in zip(values, COLUMNS, strict=True))
-
-    lines = [row([name for name, _ in COLUMNS])]
-    lines.append("-" * len(lines[0]))
+    rows = []
     for cell in cells:
-        memory = "on" if cell["memory"] else "off"
-        conc = str(cell["concurrency"])
+        head = [str(cell["concurrency"]), "on" if cell["memory"] else "off"]
         for mode in MODES:
             s = cell[mode]
             relay = mode == "relay"
-            lines.append(
-                row([
-                    conc, memory, mode, str(s["replies"]),
-                    fmt(s["ttft_ms"]["p50"]), fmt(s["ttft_ms"]["p95"]), fmt(s["ttft_ms"]["p99"]),
-                    fmt(s["reply_ms"]["p50"]), fmt(s["reply_ms"]["p95"]),
-                    fmt(s["tokens_per_s"], 0),
-                    fmt(s["token_latency_ms"]["p50"], 2), fmt(s["token_latency_ms"]["p95"], 2),
-                    str(s["errors"]),
-                    fmt(s["daphne_cpu_ms_per_token"], 3) if relay else "",
-                    fmt(s["daphne_peak_rss_mib"]) if relay else "",
-                ])
-            )  # fmt: skip
-        r = cell["ratio"]
-        lines.append(
-            row([
-                conc, memory, "ratio", "",
-                fmt(r["ttft_ms_p50"], 2), fmt(r["ttft_ms_p95"], 2), fmt(r["ttft_ms_p99"], 2),
-                fmt(r["reply_ms_p50"], 2), fmt(r["reply_ms_p95"], 2),
-                fmt(r["tokens_per_s"], 2),
-                fmt(r["token_latency_ms_p50"], 2), fmt(r["token_latency_ms_p95"], 2),
-                "", "", "",
-            ])
-        )  # fmt: skip
-        lines.append(
-            row([
-                conc, memory, "+ms", "", "", "", "", "", "", "",
-                fmt(r["token_latency_added_ms_p50"], 2), fmt(r["token_latency_added_ms_p95"], 2),
-                "", "", "",
-            ])
-        )  # fmt: skip
-    return "\n".join(lines)
+            rows.append([
+                *head, mode, *figures(s),
+                fmt(s["daphne_cpu_ms_per_token"], 3) if relay else "",
+                fmt(s["daphne_peak_rss_mib"]) if relay else "",
+            ])  # fmt: skip
+        rows.append([*head, "ratio", *ratio_figures(cell["ratio"]), "", ""])
+        rows.append([*head, "+ms", *added_figures(cell["ratio"]), "", ""])
+    return "\n".join(render(COLUMNS, rows) + cell_notes(cells))
+
+
+def cell_notes(cells: list[dict[str, Any]]) -> list[str]:
+    notes = [f"NOTE {note}" for cell in cells for note in cell.get("notes", ())]
+    notes += [
+        f"NOTE c={cell['concurrency']} memory={'on' if cell['memory'] else 'off'}: "
+        f"{cell['aborted']}; fewer rounds than asked"
+        for cell in cells
+        if cell.get("aborted")
+    ]
+    return notes
+
+
+def scale_ratios(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each relay mode against direct in the same cell, and two processes against one."""
+    out = {}
+    relays = [mode for mode in cell["modes"] if mode != "direct"]
+    for mode in relays:
+        out[f"{mode}/direct"] = ratios(cell["direct"], cell[mode])
+    if "relay-1p" in relays and "relay-2p-lb" in relays:
+        one, two = cell["relay-1p"], cell["relay-2p-lb"]
+        r = ratios(one, two)
+        r["daphne_cpu_ms_per_token"] = ratio(
+            two["daphne_cpu_ms_per_token"], one["daphne_cpu_ms_per_token"]
+        )
+        out["relay-2p-lb/relay-1p"] = r
+    return out
+
+
+def scale_table(cells: list[dict[str, Any]]) -> str:
+    rows = []
+    for cell in cells:
+        head = [str(cell["concurrency"]), "on" if cell["memory"] else "off"]
+        for mode in cell["modes"]:
+            s = cell[mode]
+            relay = mode != "direct"
+            rows.append([
+                *head, mode, *figures(s),
+                fmt(s["daphne_cpu_ms_per_token"], 3) if relay else "",
+                fmt(s["daphne_peak_rss_mib"]) if relay else "",
+                fmt(s["daphne_peak_rss_sum_mib"]) if relay else "",
+                fmt(s.get("balancer_cpu_ms_per_token"), 3) if "balancer_cpu_s" in s else "",
+            ])  # fmt: skip
+        for name, r in cell["ratios"].items():
+            mode, _, base = name.partition("/")
+            label = f"{SCALE_SHORT[mode]}/{SCALE_SHORT[base]}"
+            cpu = fmt(r.get("daphne_cpu_ms_per_token"), 2) if "daphne_cpu_ms_per_token" in r else ""
+            rows.append([*head, label, *ratio_figures(r), cpu, "", "", ""])
+        for name, r in cell["ratios"].items():
+            mode, _, base = name.partition("/")
+            if base == "direct":
+                rows.append([*head, f"{SCALE_SHORT[mode]} +ms", *added_figures(r), "", "", "", ""])
+    return "\n".join(render(SCALE_COLUMNS, rows) + cell_notes(cells))
 
 
 def git_revision() -> str:
@@ -710,7 +915,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--short",
         action="store_true",
-        help="CI mode: concurrency 10, 2 round pairs, results in short.json",
+        help="CI mode: concurrency 10, 2 round pairs, results in short.json "
+        "(the scale-out rows too, at concurrency 10)",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50, 100, 200])
     parser.add_argument("--memory", choices=["off", "on", "both"], default="both")
@@ -718,7 +924,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=3,
-        help="round pairs (one direct and one relay round each) per cell",
+        help="round pairs (one direct and one relay round each) per cell; in the scale-out "
+        "cells, passes of one round per mode",
     )
     parser.add_argument(
         "--min-replies",
@@ -748,7 +955,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between rounds")
     parser.add_argument("--reply-timeout", type=float, default=60.0)
     parser.add_argument(
-        "--max-minutes", type=float, default=20.0, help="stop starting rounds after this long"
+        "--max-minutes", type=float, default=45.0, help="stop starting rounds after this long"
+    )
+    scale = parser.add_argument_group(
+        "scale-out rows (issue 8)",
+        "direct, relay-1p (one daphne) and relay-2p-lb (two daphne processes behind a local "
+        "HAProxy on one port), all on a fresh PostgreSQL database and Redis channel layer on "
+        "127.0.0.1; skipped with a message when PostgreSQL, Redis or haproxy is missing",
+    )
+    scale.add_argument(
+        "--scale",
+        choices=["on", "off", "only"],
+        default="on",
+        help="run the scale-out rows after the others (on), not at all, or only them",
+    )
+    scale.add_argument("--scale-concurrency", type=int, nargs="+", default=[100, 200])
+    scale.add_argument(
+        "--scale-memory",
+        choices=["off", "on", "both"],
+        default="off",
+        help="memory settings of the scale-out cells (default off, to keep the run short)",
     )
     parser.add_argument(
         "--out",
@@ -764,37 +990,226 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)  # fmt: skip
     if args.short:
         args.concurrency = [10]
+        args.scale_concurrency = [10]
         args.rounds = min(args.rounds, 2)
     if args.reply_tokens < BASE_TOKENS:
         parser.error(f"--reply-tokens must be at least {BASE_TOKENS}")
-    if min(args.concurrency) < 1 or args.rounds < 1 or args.min_replies < 1:
-        parser.error("concurrency, rounds and min-replies must be at least 1")
-    if args.jobs < max(args.concurrency):
+    if min(args.concurrency + args.scale_concurrency) < 1 or args.rounds < 1:
+        parser.error("concurrency and rounds must be at least 1")
+    if args.min_replies < 1:
+        parser.error("min-replies must be at least 1")
+    top = max(args.scale_concurrency if args.scale == "only" else args.concurrency)
+    if args.scale == "on":
+        top = max(top, *args.scale_concurrency)
+    if args.jobs < top:
         parser.error("--jobs must be at least the top concurrency")
     if args.out is None:
         args.out = RESULTS_DIR / ("short.json" if args.short else "latest.json")
+    args.secret_key = secrets.token_urlsafe(50)
     return args
 
 
-async def run_all(args: argparse.Namespace, servers: Servers) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + args.max_minutes * 60
-    memories = {"off": [False], "on": [True], "both": [False, True]}[args.memory]
+MEMORIES = {"off": [False], "on": [True], "both": [False, True]}
+
+
+async def run_cells(
+    *,
+    concurrencies: list[int],
+    memories: list[bool],
+    targets: list[Target],
+    backend: EmbeddedBackend,
+    backend_pids: list[int],
+    args: argparse.Namespace,
+    deadline: float,
+    label: str = "",
+) -> list[dict[str, Any]]:
     cells = []
-    for concurrency in args.concurrency:
+    for concurrency in concurrencies:
         for memory in memories:
             if time.monotonic() > deadline:
-                log(f"time limit reached: c={concurrency} memory={memory} not run")
+                log(f"time limit reached: {label}c={concurrency} memory={memory} not run")
                 continue
             cells.append(
                 await run_cell(
                     concurrency=concurrency,
                     memory=memory,
-                    servers=servers,
+                    targets=targets,
+                    backend=backend,
+                    backend_pids=backend_pids,
                     args=args,
                     deadline=deadline,
+                    label=label,
                 )
             )
     return cells
+
+
+def event_loop_runner() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
+def run_main_rows(
+    args: argparse.Namespace,
+    *,
+    backend: EmbeddedBackend,
+    backend_pids: list[int],
+    workdir: Path,
+    deadline: float,
+    cleanup: contextlib.ExitStack,
+) -> list[dict[str, Any]]:
+    """direct against relay, one daphne on a fresh SQLite file and the in-memory layer."""
+    env = site_env(
+        args, database_url=f"sqlite:///{workdir / 'bench.sqlite3'}", backend_url=backend.url
+    )
+    migrate(env)
+    daphne = daphne_spawn(env, name="daphne", workdir=workdir)
+    cleanup.callback(daphne_stop, daphne)
+    daphne_wait(daphne)
+    log(f"daphne {daphne.origin} (pid {daphne.pid})")
+    pids = (daphne.pid,)
+    targets = [
+        Target("direct", relay=False, daphne_pids=pids),
+        Target("relay", relay=True, ws_url=daphne.ws_url, origin=daphne.origin, daphne_pids=pids),
+    ]
+    try:
+        cells = event_loop_runner()(
+            run_cells(
+                concurrencies=args.concurrency,
+                memories=MEMORIES[args.memory],
+                targets=targets,
+                backend=backend,
+                backend_pids=backend_pids,
+                args=args,
+                deadline=deadline,
+            )
+        )
+    finally:
+        daphne_stop(daphne)  # not beside the scale-out rows' processes
+    for cell in cells:
+        cell["ratio"] = ratios(cell["direct"], cell["relay"])
+        del cell["modes"]
+    return cells
+
+
+def run_scale_rows(
+    args: argparse.Namespace,
+    *,
+    backend: EmbeddedBackend,
+    backend_pids: list[int],
+    workdir: Path,
+    deadline: float,
+    cleanup: contextlib.ExitStack,
+    scale: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """direct, one daphne, and two daphne processes behind HAProxy: PostgreSQL and Redis."""
+    from bench import scale as engines
+
+    why = engines.engines_unavailable()
+    if why:
+        scale["skipped"] = f"{why}: the scale-out rows need PostgreSQL and Redis"
+        log(f"SKIPPED the scale-out rows: {scale['skipped']}")
+        return []
+    database = engines.Database().create()
+    cleanup.callback(quietly, database.drop)
+    channel_db = engines.RedisDatabase().claim()
+    cleanup.callback(quietly, channel_db.flush)
+    redis_url = channel_db.url
+    scale["database"] = f"postgresql (fresh database {database.name})"
+    scale["channel_layer"] = f"redis ({redis_url})"
+    log(f"scale-out rows: PostgreSQL database {database.name}, REDIS_URL {redis_url}")
+    env = site_env(args, database_url=database.url, backend_url=backend.url, REDIS_URL=redis_url)
+    migrate(env)
+    balanced = engines.haproxy_binary() is not None
+    names = ["daphne-1p", "daphne-2p-a", "daphne-2p-b"] if balanced else ["daphne-1p"]
+    daphnes = []
+    for name in names:
+        daphne = daphne_spawn(env, name=name, workdir=workdir)
+        cleanup.callback(daphne_stop, daphne)
+        daphnes.append(daphne)
+    for daphne in daphnes:
+        daphne_wait(daphne)
+    single = daphnes[0]
+    targets = [
+        Target("direct", relay=False, daphne_pids=tuple(d.pid for d in daphnes)),
+        Target(
+            "relay-1p", relay=True, ws_url=single.ws_url, origin=single.origin,
+            daphne_pids=(single.pid,),
+        ),
+    ]  # fmt: skip
+    if balanced:
+        pair = daphnes[1:]
+        haproxy = engines.HAProxy(port=free_port(), servers=[d.port for d in pair], workdir=workdir)
+        cleanup.callback(haproxy.stop)
+        try:
+            haproxy.start()
+        except RuntimeError as exc:
+            raise HarnessError(str(exc)) from exc
+        origin = f"http://{HOST}:{haproxy.port}"
+        healthy(origin)
+        assert haproxy.pid is not None
+        targets.append(
+            Target(
+                "relay-2p-lb", relay=True, ws_url=f"ws://{HOST}:{haproxy.port}/ws/chat/",
+                origin=origin, daphne_pids=tuple(d.pid for d in pair),
+                balancer_pids=(haproxy.pid,),
+            )
+        )  # fmt: skip
+        scale["balancer"] = f"haproxy ({haproxy.binary}), balance leastconn, nbthread 1"
+        log(f"relay-1p: daphne {single.origin} (pid {single.pid}); relay-2p-lb: haproxy "
+            f"{origin} (pid {haproxy.pid}) over {', '.join(d.origin for d in pair)} "
+            f"(pids {', '.join(str(d.pid) for d in pair)})")  # fmt: skip
+    else:
+        reason = f"haproxy is not installed (Debian: `{engines.HAPROXY_INSTALL}`)"
+        scale["skipped_rows"] = {"relay-2p-lb": reason}
+        log(f"SKIPPED the relay-2p-lb row: {reason}")
+    cells = event_loop_runner()(
+        run_cells(
+            concurrencies=args.scale_concurrency,
+            memories=MEMORIES[args.scale_memory],
+            targets=targets,
+            backend=backend,
+            backend_pids=backend_pids,
+            args=args,
+            deadline=deadline,
+            label="scale-out ",
+        )
+    )
+    for cell in cells:
+        cell["ratios"] = scale_ratios(cell)
+    return cells
+
+
+SERVER_ERROR = re.compile(
+    r"ERROR \S+ (Exception inside application: .{0,160}|Task exception was never retrieved)"
+    r"|(channels over capacity)"
+)
+
+
+def server_errors(workdir: Path, *, top: int = 3) -> list[str]:
+    """The commonest errors in the servers' logs, to say why a mode failed."""
+    hints = []
+    for path in sorted(workdir.glob("*.log")):
+        counts: dict[str, int] = {}
+        with contextlib.suppress(OSError), open(path, errors="replace") as lines:
+            for line in lines:
+                found = SERVER_ERROR.search(line)
+                if found:
+                    message = found.group(1) or f"channel layer: {found.group(2)}"
+                    counts[message] = counts.get(message, 0) + 1
+        for message, count in sorted(counts.items(), key=lambda item: -item[1])[:top]:
+            hints.append(f"{path.name}: {count} x {message}")
+    return hints
+
+
+def quietly(action: Any) -> None:
+    try:
+        action()
+    except Exception as exc:  # cleanup goes on; say what was left behind
+        log(f"cleanup: {getattr(action, '__qualname__', action)} failed: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -802,6 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.relay " + " ".join(sys.argv[1:] if argv is None else argv)
     workdir = Path(tempfile.mkdtemp(prefix="chatsite-bench-"))
     started_at = datetime.now(UTC)
+    deadline = time.monotonic() + args.max_minutes * 60
     # Other work on the machine skews both modes; the alternation cancels drift, not noise.
     load_start = [round(x, 2) for x in os.getloadavg()]
 
@@ -809,42 +1225,63 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    log(f"starting the backend and daphne (work directory {workdir})")
-    try:
-        servers = servers_start(args, workdir)
-    except HarnessError as exc:
-        log(f"could not start the servers: {exc}")
-        return 2
-    log(
-        f"backend {servers.backend.url} (pid {servers.backend.process.pid}), "
-        f"daphne {servers.origin} (pid {servers.daphne.pid})"
-    )
     cells: list[dict[str, Any]] = []
+    scale_cells: list[dict[str, Any]] = []
+    scale: dict[str, Any] = {
+        "concurrency": args.scale_concurrency,
+        "memory": args.scale_memory,
+        "modes": list(SCALE_MODES),
+    }
     failure = ""
+    log(f"starting the backend (work directory {workdir})")
     try:
-        try:
-            import uvloop
-
-            runner = uvloop.run
-        except ImportError:
-            runner = asyncio.run
-        cells = runner(run_all(args, servers))
-    except HarnessError as exc:
-        failure = str(exc)
+        with contextlib.ExitStack() as cleanup:
+            try:
+                backend = backend_start(args, workdir)
+            except HarnessError as exc:
+                log(f"could not start the backend: {exc}")
+                shutil.rmtree(workdir, ignore_errors=True)
+                return 2
+            cleanup.callback(backend.stop)
+            assert backend.process is not None
+            backend_pids = proc_tree_pids(backend.process.pid)
+            log(f"backend {backend.url} (pid {backend.process.pid})")
+            common = {
+                "backend": backend, "backend_pids": backend_pids, "workdir": workdir,
+                "deadline": deadline, "cleanup": cleanup,
+            }  # fmt: skip
+            try:
+                if args.scale != "only":
+                    cells = run_main_rows(args, **common)
+                if args.scale != "off":
+                    if time.monotonic() > deadline:
+                        scale["skipped"] = "the run's time limit was reached"
+                    else:
+                        scale_cells = run_scale_rows(args, scale=scale, **common)
+            except HarnessError as exc:
+                failure = str(exc)
     except KeyboardInterrupt:
         failure = "interrupted"
-    finally:
-        servers_stop_processes(servers.backend, servers.daphne)
-        if failure or args.keep_workdir:
-            log(f"server logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    broken = [
-        f"c={cell['concurrency']} memory={cell['memory']} {mode}"
-        for cell in cells
-        for mode in MODES
-        if cell[mode]["completed"] == 0
+    if args.scale == "off":
+        scale["skipped"] = "--scale off"
+    scale["cells"] = scale_cells
+    summaries = [
+        (f"{label}c={cell['concurrency']} memory={cell['memory']} {mode}", cell[mode])
+        for label, group, modes in (("", cells, MODES), ("scale-out ", scale_cells, None))
+        for cell in group
+        for mode in modes or cell["modes"]
     ]
+    broken = [name for name, summary in summaries if summary["completed"] == 0]
+    # Why replies failed, from the servers' own logs.
+    hints = []
+    if failure or any(summary["errors"] for _, summary in summaries):
+        hints = server_errors(workdir)
+        for hint in hints:
+            log(f"server log: {hint}")
+    if failure or broken or args.keep_workdir:
+        log(f"server logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     meta = {
         "command": command,
         "load_average_start": load_start,
@@ -870,8 +1307,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "failure": failure,
         "broken": broken,
+        "server_errors": hints,
     }
-    text = table(cells) if cells else "(no cell completed)"
     header = (
         f"{command}\n{meta['started_at']}  revision {meta['revision']}  "
         f"{args.reply_tokens} tokens a reply, {args.delay_ms:g} ms a token, "
@@ -880,13 +1317,19 @@ def main(argv: list[str] | None = None) -> int:
         "times in ms; tok-lat = token arrival minus its emission stamp; ratio = relay/direct; "
         "+ms = relay minus direct"
     )
-    print(header)
+    parts = [header]
+    if args.scale != "only":
+        parts.append(table(cells) if cells else "(no cell completed)")
+    parts.append(scale_text(args, scale))
+    text = "\n".join(parts)
     print(text, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(
-        orjson.dumps({"meta": meta, "cells": cells}, option=orjson.OPT_INDENT_2) + b"\n"
-    )
-    args.out.with_suffix(".txt").write_text(f"{header}\n{text}\n")
+        orjson.dumps(
+            {"meta": meta, "cells": cells, "scale": scale}, option=orjson.OPT_INDENT_2
+        ) + b"\n"
+    )  # fmt: skip
+    args.out.with_suffix(".txt").write_text(f"{text}\n")
     log(f"results written to {args.out} and {args.out.with_suffix('.txt')}")
     if failure:
         log(f"FAILED: {failure}")
@@ -895,6 +1338,31 @@ def main(argv: list[str] | None = None) -> int:
         log(f"FAILED: no reply completed in {', '.join(broken)}")
         return 1
     return 0
+
+
+def scale_text(args: argparse.Namespace, scale: dict[str, Any]) -> str:
+    if args.scale == "off":
+        return "\nScale-out rows not run (--scale off)."
+    memory = {"off": "memory off only", "on": "memory on only", "both": "memory off and on"}
+    lines = [
+        "",
+        "Scale-out (issue 8): the same direct rounds against relay-1p = one daphne, and "
+        "relay-2p-lb = two daphne processes behind a local HAProxy on one port, all three on one "
+        f"fresh PostgreSQL database and one Redis channel layer; {memory[args.scale_memory]}, "
+        f"{args.rounds} passes (one round per mode each, order alternating) a cell.",
+        "daphne CPU/tok sums the relay's processes; peak RSS: the largest process's and the "
+        "sum of the processes' peaks; lb = HAProxy's own CPU; 2p-lb/1p = two processes "
+        "against one (CPU column: the ratio of CPU per token).",
+    ]
+    if scale.get("skipped"):
+        lines.append(f"SKIPPED: {scale['skipped']}")
+    for mode, reason in scale.get("skipped_rows", {}).items():
+        lines.append(f"SKIPPED the {mode} row: {reason}")
+    if scale.get("cells"):
+        lines.append(scale_table(scale["cells"]))
+    elif not scale.get("skipped"):
+        lines.append("(no scale-out cell completed)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
