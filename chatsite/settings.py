@@ -92,13 +92,16 @@ REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Redis pub/sub: a group send is one PUBLISH, where the list-based layer runs a
+            # script and a blocking pop per message (measured at 10 chats: a fifth less daphne
+            # CPU per relayed token; 2 ms of added token latency instead of 9). Nothing is
+            # queued for a socket that is gone, which suits deltas: a socket that comes back
+            # asks for a snapshot.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
-                # redis-py 8 reads with a 5 s socket timeout by default, which cuts short the
-                # layer's blocking BZPOPMIN and tears down idle consumers: no client timeout.
+                # redis-py 8 reads with a 5 s socket timeout by default; the layer's reader
+                # waits on its own short timeout, so the client needs none.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-                "capacity": 1000,
-                "expiry": 30,
             },
         }
     }

@@ -254,7 +254,8 @@ class LiveRun:
 
     Deltas are coalesced without ever waiting: a token is published on the event loop's next
     turn, together with whatever else arrived in the same network read. At low load that is
-    one frame per token; under load fewer, larger frames, so the relay keeps up.
+    one frame per token; under load fewer, larger frames, so the relay keeps up. On a networked
+    layer (Redis) tokens that arrive while a send is in flight also join the next frame.
     """
 
     run_id: uuid.UUID
@@ -291,38 +292,40 @@ class LiveRun:
             self.flush_handle = None
         if not self.pending:
             return
+        layer = get_channel_layer()
+        send_nowait = getattr(layer, "group_send_nowait", None)
+        if send_nowait is None and self.publishing is not None and not self.publishing.done():
+            # A networked layer takes a round trip a send: what arrives meanwhile goes out
+            # in one frame when the send in flight is done, so the frames keep their order and
+            # a busy relay makes fewer, larger sends instead of queueing one per token.
+            return
         text = "".join(self.pending)
         self.pending.clear()
         self.parts.append(text)
         self.seq += 1
         frame = {"type": "run.delta", "run": str(self.run_id), "seq": self.seq, "text": text}
         message = {"type": "chat.frame", "text": orjson.dumps(frame).decode()}
-        layer = get_channel_layer()
         group = conversation_group(self.conversation_id)
-        send_nowait = getattr(layer, "group_send_nowait", None)
         if send_nowait is not None:
             send_nowait(group, message)
-        else:
-            # A networked layer: sends are chained so the frames keep their order.
-            self.publishing = asyncio.ensure_future(
-                _group_send_after(self.publishing, layer, group, message)
+            return
+        self.publishing = asyncio.ensure_future(layer.group_send(group, message))
+        self.publishing.add_done_callback(self._published)
+
+    def _published(self, publishing: asyncio.Future) -> None:
+        if not publishing.cancelled() and publishing.exception() is not None:
+            logger.warning(
+                "run %s: a delta was not published: %r", self.run_id, publishing.exception()
             )
+        self.flush()
 
     async def drained(self) -> None:
         """Publishes what is pending and waits until every delta is handed to the layer."""
         self.flush()
-        if self.publishing is not None:
+        while self.publishing is not None and not self.publishing.done():
             with contextlib.suppress(Exception):
                 await self.publishing
-
-
-async def _group_send_after(
-    previous: asyncio.Future | None, layer: Any, group: str, message: dict[str, Any]
-) -> None:
-    if previous is not None:
-        with contextlib.suppress(Exception):
-            await previous
-    await layer.group_send(group, message)
+            self.flush()
 
 
 # Runs relayed by this process, by run id. Strong references keep the detached tasks alive.

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
+import orjson
 import pytest
+import redis
 from django.db import connection
 
 from runs import services
@@ -95,3 +98,44 @@ async def test_database_writes_per_streamed_reply_are_constant_not_per_token(
     (short_writes, short_tokens), (long_writes, long_tokens) = writes["short"], writes["long"]
     assert long_tokens >= short_tokens + 60
     assert 5 <= short_writes == long_writes <= 8, writes
+
+
+def _redis_unreachable() -> str:
+    try:
+        redis.Redis.from_url("redis://127.0.0.1:6379", socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        return f"Redis is not reachable at 127.0.0.1:6379 ({exc.__class__.__name__})"
+    return ""
+
+
+@pytest.mark.skipif(bool(_redis_unreachable()), reason=_redis_unreachable() or "")
+async def test_on_redis_tokens_that_arrive_during_a_publish_go_out_together_in_order(
+    monkeypatch,
+):
+    """A Redis send takes a round trip: tokens that arrive meanwhile make one frame, not a queue."""
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer = RedisPubSubChannelLayer(
+        hosts=["redis://127.0.0.1:6379"], prefix=f"test-{uuid.uuid4().hex}"
+    )
+    monkeypatch.setattr(services, "get_channel_layer", lambda: layer)
+    live = services.LiveRun(
+        run_id=uuid.uuid4(), conversation_id=uuid.uuid4(), mode="stateless", text_in="hi"
+    )
+    watcher = await layer.new_channel()
+    await layer.group_add(services.conversation_group(live.conversation_id), watcher)
+    tokens = [f"token{index} " for index in range(50)]
+    try:
+        for token in tokens:
+            live.delta_add(token)
+            await asyncio.sleep(0)  # one turn of the loop, as between two network reads
+        await live.drained()
+        frames = []
+        while sum(len(frame["text"]) for frame in frames) < len("".join(tokens)):
+            message = await asyncio.wait_for(layer.receive(watcher), timeout=5)
+            frames.append(orjson.loads(message["text"]))
+    finally:
+        await layer.flush()
+    assert "".join(frame["text"] for frame in frames) == "".join(tokens)
+    assert [frame["seq"] for frame in frames] == list(range(1, len(frames) + 1))
+    assert len(frames) < len(tokens) / 2, [frame["text"] for frame in frames]
