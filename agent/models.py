@@ -7,6 +7,7 @@ LangGraph's ``messages-tuple`` stream mode carries one event per token.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 import time
@@ -142,12 +143,16 @@ def smollm2_model_path() -> Path:
 def _load_llama() -> Any:
     from llama_cpp import Llama
 
-    return Llama(
+    llama = Llama(
         model_path=str(smollm2_model_path()),
         n_ctx=_env_int("AGENT_LOCAL_CONTEXT", 2048),
         n_threads=_env_int("AGENT_LOCAL_THREADS", max(1, (os.cpu_count() or 1))),
         verbose=False,
     )
+    # Freed while the interpreter is whole: left to __del__ at shutdown, llama.cpp's bindings
+    # are already torn down and the exit prints a traceback.
+    atexit.register(llama.close)
+    return llama
 
 
 # llama.cpp contexts are not thread-safe and LangGraph runs sync nodes in worker threads.
