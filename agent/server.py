@@ -38,6 +38,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_group_stop(process: subprocess.Popen, *, grace: float = 10.0) -> None:
+    """SIGTERM to the process group a `start_new_session` child leads; SIGKILL after `grace`."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
 def patch_queue_wakeup() -> bool:
     """Makes the in-memory queue start a new run at once instead of on its next 500 ms poll."""
     try:
@@ -142,16 +156,8 @@ class EmbeddedBackend:
         raise RuntimeError(f"the embedded backend did not answer within {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+        if self.process is not None:
+            process_group_stop(self.process)
 
     def kill(self) -> None:
         """Stops the backend abruptly, as a crash would."""

@@ -76,7 +76,7 @@ from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from agent.server import EmbeddedBackend, free_port
+from agent.server import EmbeddedBackend, free_port, process_group_stop
 from chatsite.devserver import daphne_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -456,16 +456,7 @@ def daphne_wait(daphne: Daphne, *, timeout: float = 60) -> None:
 
 
 def daphne_stop(daphne: Daphne) -> None:
-    process = daphne.process
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+    process_group_stop(daphne.process)
 
 
 def healthy(origin: str, *, timeout: float = 20.0) -> None:
