@@ -193,7 +193,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         conversation_id = _uuid_field(frame, "conversation")
         enabled = _bool_field(frame, "enabled")
         await services.conversation_set_memory(
-            owner=self.owner, conversation_id=conversation_id, enabled=enabled
+            owner=self.owner,
+            conversation_id=conversation_id,
+            enabled=enabled,
+            origin_channel=self.channel_name,
         )
         await self.watch(conversation_id)
         await self.send_json(
@@ -202,7 +205,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def on_conversation_forget(self, frame: dict[str, Any], client_id: str | None) -> None:
         conversation_id = _uuid_field(frame, "conversation")
-        await services.conversation_forget(owner=self.owner, conversation_id=conversation_id)
+        await services.conversation_forget(
+            owner=self.owner, conversation_id=conversation_id, origin_channel=self.channel_name
+        )
         await self.watch(conversation_id)
         await self.send_json(
             await services.conversation_snapshot(owner=self.owner, conversation_id=conversation_id)
@@ -220,3 +225,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["text"])
+
+    async def conversation_changed(self, event: dict[str, Any]) -> None:
+        if event["origin"] == self.channel_name:
+            return  # this socket's own request, answered already
+        try:
+            snapshot = await services.conversation_snapshot(
+                owner=self.owner, conversation_id=event["conversation"]
+            )
+        except ChatError:
+            return  # deleted meanwhile, or no longer this owner's: nothing to show
+        await self.send_json(snapshot)

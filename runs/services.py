@@ -77,6 +77,22 @@ async def frame_publish(*, conversation_id: uuid.UUID | str, frame: dict[str, An
     )
 
 
+async def conversation_changed_publish(
+    *, conversation_id: uuid.UUID | str, origin_channel: str = ""
+) -> None:
+    """Tells every socket watching the conversation that its switch or memory changed, so each
+    sends its page a fresh snapshot (another tab, another device, a reviewer's forget). The
+    socket that made the change (`origin_channel`) answers its own request already."""
+    await get_channel_layer().group_send(
+        conversation_group(conversation_id),
+        {
+            "type": "conversation.changed",
+            "conversation": str(conversation_id),
+            "origin": origin_channel,
+        },
+    )
+
+
 # Owners.
 
 VISITOR_SESSION_KEY = "chat_visitor"
@@ -759,12 +775,16 @@ def _conversation_set_memory(*, owner: Owner, conversation_id: Any, enabled: boo
 
 
 async def conversation_set_memory(
-    *, owner: Owner, conversation_id: Any, enabled: bool
+    *, owner: Owner, conversation_id: Any, enabled: bool, origin_channel: str = ""
 ) -> Conversation:
     """Flips the switch. Off never deletes the thread: on again resumes it."""
-    return await db_call(_conversation_set_memory)(
+    conversation = await db_call(_conversation_set_memory)(
         owner=owner, conversation_id=conversation_id, enabled=enabled
     )
+    await conversation_changed_publish(
+        conversation_id=conversation.id, origin_channel=origin_channel
+    )
+    return conversation
 
 
 def _conversation_for_forget(*, owner: Owner, conversation_id: Any) -> Conversation:
@@ -780,20 +800,32 @@ def _conversation_clear_thread(*, conversation_id: uuid.UUID, thread_id: str) ->
     )
 
 
-async def conversation_forget(*, owner: Owner, conversation_id: Any) -> Conversation:
+async def _thread_forget(conversation: Conversation) -> None:
+    """Deletes the backend thread; the transcript stays. The next remembered message starts anew."""
+    if not conversation.thread_id:
+        return
+    try:
+        await get_backend().thread_delete(thread_id=conversation.thread_id)
+    except ThreadNotFound:
+        pass  # already gone: forgetting it is done
+    await db_call(_conversation_clear_thread)(
+        conversation_id=conversation.id, thread_id=conversation.thread_id
+    )
+    conversation.thread_id = ""
+
+
+async def conversation_forget(
+    *, owner: Owner, conversation_id: Any, origin_channel: str = ""
+) -> Conversation:
     """Deletes the backend thread; the transcript stays. The next remembered message starts anew."""
     conversation = await db_call(_conversation_for_forget)(
         owner=owner, conversation_id=conversation_id
     )
     if conversation.thread_id:
-        try:
-            await get_backend().thread_delete(thread_id=conversation.thread_id)
-        except ThreadNotFound:
-            pass  # already gone: forgetting it is done
-        await db_call(_conversation_clear_thread)(
-            conversation_id=conversation.id, thread_id=conversation.thread_id
+        await _thread_forget(conversation)
+        await conversation_changed_publish(
+            conversation_id=conversation.id, origin_channel=origin_channel
         )
-        conversation.thread_id = ""
     return conversation
 
 
@@ -804,7 +836,10 @@ def _conversation_delete_rows(*, conversation_id: uuid.UUID) -> None:
 async def conversation_delete(*, owner: Owner, conversation_id: Any) -> None:
     """Deletes the conversation, its transcript, and its backend thread. If the backend cannot
     be reached the conversation is kept, so no thread is left behind unseen."""
-    conversation = await conversation_forget(owner=owner, conversation_id=conversation_id)
+    conversation = await db_call(_conversation_for_forget)(
+        owner=owner, conversation_id=conversation_id
+    )
+    await _thread_forget(conversation)
     await db_call(_conversation_delete_rows)(conversation_id=conversation.id)
 
 
@@ -896,6 +931,7 @@ async def conversation_forget_by_staff(*, conversation_ids: Iterable[Any]) -> St
             conversation_id=conversation.id, thread_id=conversation.thread_id
         )
         outcome.forgotten.append(conversation.id)
+        await conversation_changed_publish(conversation_id=conversation.id)
 
     await asyncio.gather(*(forget(conversation) for conversation in to_delete))
     return outcome

@@ -326,3 +326,58 @@ async def test_run_started_carries_the_senders_client_id(backend_url, socket_fac
     assert started["client_id"] == "tab-1-msg-7"
     assert started["user_message"]["text"] == "hi"
     await socket.until_run_end()
+
+
+async def test_other_tabs_are_told_when_the_switch_flips_or_the_memory_is_forgotten(
+    backend_url, socket_factory
+):
+    cookie = await database_sync_to_async(session_cookie_for)()
+    first = await socket_factory(cookie)
+    second = await socket_factory(cookie)
+    done = await first.chat("remember me", memory=True)
+    conv = done["conversation"]
+    await second.send({"type": "conversation.watch", "conversation": conv})
+    await second.until("conversation.snapshot")
+
+    await first.send({"type": "conversation.memory", "conversation": conv, "enabled": False})
+    answer, _ = await first.until("conversation.snapshot")
+    pushed, _ = await second.until("conversation.snapshot")
+    assert answer["conversation"]["memory"] is False
+    assert pushed["conversation"]["memory"] is False
+
+    await first.send({"type": "conversation.forget", "conversation": conv})
+    answer, _ = await first.until("conversation.snapshot")
+    pushed, _ = await second.until("conversation.snapshot")
+    assert answer["conversation"]["has_thread"] is False
+    assert pushed["conversation"]["has_thread"] is False
+    assert len(pushed["messages"]) == 2, "the transcript stays"
+    # The socket that asked gets its answer once, not a second copy from the group.
+    assert await first.communicator.receive_nothing(timeout=0.3)
+
+
+async def test_a_tab_is_told_when_the_api_or_a_reviewer_changes_its_conversation(
+    backend_url, socket_factory
+):
+    from django.test import AsyncClient
+
+    from runs import services
+
+    cookie = await database_sync_to_async(session_cookie_for)()
+    socket = await socket_factory(cookie)
+    done = await socket.chat("remember me", memory=True)
+    conv = done["conversation"]
+
+    api = AsyncClient()
+    name, _, value = cookie.partition("=")
+    api.cookies[name] = value
+    response = await api.post(
+        f"/api/conversations/{conv}/memory/", {"enabled": False}, content_type="application/json"
+    )
+    assert response.status_code == 200, response.content
+    pushed, _ = await socket.until("conversation.snapshot")
+    assert pushed["conversation"]["memory"] is False
+
+    outcome = await services.conversation_forget_by_staff(conversation_ids=[conv])
+    assert outcome.forgotten == [uuid.UUID(conv)]
+    pushed, _ = await socket.until("conversation.snapshot")
+    assert pushed["conversation"]["has_thread"] is False
