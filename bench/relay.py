@@ -25,9 +25,9 @@ the start of each cell where the kernel allows it). Tokens are counted by their 
 figures stay right if the relay coalesces deltas.
 
 Then the scale-out rows (issue 8; `--scale on|off|only`): the same alternation with three
-modes, on a fresh PostgreSQL database and an empty Redis database as the channel layer (both on
-127.0.0.1; created here, dropped and flushed at the end), at `--scale-concurrency` (100 and 200;
-10 in the short mode) with memory off unless `--scale-memory` says otherwise:
+modes, on a fresh PostgreSQL database (created here, dropped at the end) and Redis as the channel
+layer (both on 127.0.0.1), at `--scale-concurrency` (100 and 200; 10 in the short mode) with
+memory off unless `--scale-memory` says otherwise:
 
 - **direct**, as above;
 - **relay-1p**: one daphne;
@@ -1106,9 +1106,7 @@ def run_scale_rows(
         return []
     database = engines.Database().create()
     cleanup.callback(quietly, database.drop)
-    channel_db = engines.RedisDatabase().claim()
-    cleanup.callback(quietly, channel_db.flush)
-    redis_url = channel_db.url
+    redis_url = engines.REDIS
     scale["database"] = f"postgresql (fresh database {database.name})"
     scale["channel_layer"] = f"redis ({redis_url})"
     log(f"scale-out rows: PostgreSQL database {database.name}, REDIS_URL {redis_url}")

@@ -1,11 +1,11 @@
 """The engines and the load balancer for the scale-out rows of `bench.relay` (issue 8).
 
 Several daphne processes share state only through real engines: a fresh PostgreSQL database
-(created for the run, migrated, dropped with `WITH (FORCE)` at the end) and an empty Redis
-database (flushed at the start and the end). In front of two of them a local HAProxy from
-Debian's package, on a generated configuration in the run's temporary directory, listens on
-127.0.0.1 and spreads websockets over them (`balance leastconn`: websockets are long-lived,
-so the least busy process gets the next one).
+(created for the run, migrated, dropped with `WITH (FORCE)` at the end) and Redis's pub/sub
+(the channel layer keeps no keys there: nothing to set up or clean). In front of two of them
+a local HAProxy from Debian's package, on a generated configuration in the run's temporary
+directory, listens on 127.0.0.1 and spreads websockets over them (`balance leastconn`:
+websockets are long-lived, so the least busy process gets the next one).
 
 Everything here talks to 127.0.0.1 only and every wait is bounded.
 """
@@ -25,8 +25,6 @@ from agent.server import process_group_stop
 
 POSTGRES = "postgres://postgres@127.0.0.1:5432"
 REDIS = "redis://127.0.0.1:6379"
-# tests/test_scale.py uses Redis database 7; the benchmark takes the first empty one of these.
-REDIS_DBS = range(8, 16)
 HOST = "127.0.0.1"
 HAPROXY_INSTALL = "apt-get update && apt-get install -y haproxy"
 
@@ -84,43 +82,6 @@ class Database:
         with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True, connect_timeout=5) as db:
             db.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
         self.created = False
-
-
-class RedisDatabase:
-    """The first empty Redis database of REDIS_DBS, flushed again when the run ends."""
-
-    def __init__(self) -> None:
-        self.number: int | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{REDIS}/{self.number}"
-
-    def claim(self) -> RedisDatabase:
-        import redis
-
-        for number in REDIS_DBS:
-            client = redis.Redis.from_url(f"{REDIS}/{number}", socket_timeout=5)
-            try:
-                if client.dbsize() == 0:
-                    self.number = number
-                    return self
-            finally:
-                client.close()
-        raise ScaleUnavailable(
-            f"no empty Redis database among {REDIS_DBS.start}..{REDIS_DBS.stop - 1}"
-        )
-
-    def flush(self) -> None:
-        if self.number is None:
-            return
-        import redis
-
-        client = redis.Redis.from_url(self.url, socket_timeout=5)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
 
 
 def haproxy_config(*, port: int, servers: list[int]) -> str:

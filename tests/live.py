@@ -12,10 +12,24 @@ from pathlib import Path
 
 import httpx
 
-from agent.server import ROOT, free_port
+from agent.server import ROOT, free_port, process_group_stop
 from chatsite.devserver import daphne_command
 
 RESULTS = ROOT / "test-results"
+
+
+REDIS = "redis://127.0.0.1:6379"
+
+
+def redis_unreachable() -> str:
+    """Why the machine's Redis cannot be used ("" when it can)."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        return f"Redis at 127.0.0.1:6379 is not reachable ({exc.__class__.__name__})"
+    return ""
 
 
 def site_env(*, database_url: str, backend_url: str, **extra: str) -> dict[str, str]:
@@ -83,13 +97,8 @@ class LiveSite:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if not self.alive:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process is not None:
+            process_group_stop(self.process)
 
     def kill(self) -> None:
         """Stops the process at once, as a crash would."""

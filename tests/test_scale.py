@@ -14,14 +14,11 @@ from collections.abc import Iterator
 import httpx
 import psycopg
 import pytest
-import redis
 import websockets
 
-from tests.live import LiveSite, manage, site_env
+from tests.live import REDIS, LiveSite, manage, redis_unreachable, site_env
 
 POSTGRES = "postgres://postgres@127.0.0.1:5432"
-REDIS = "redis://127.0.0.1:6379"
-REDIS_DB = 7
 
 
 def _reachable() -> str | None:
@@ -29,11 +26,7 @@ def _reachable() -> str | None:
         psycopg.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
     except psycopg.Error as exc:
         return f"PostgreSQL at 127.0.0.1:5432 is not reachable ({exc.__class__.__name__})"
-    try:
-        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        return f"Redis at 127.0.0.1:6379 is not reachable ({exc.__class__.__name__})"
-    return None
+    return redis_unreachable() or None
 
 
 pytestmark = pytest.mark.skipif(bool(_reachable()), reason=_reachable() or "")
@@ -53,12 +46,10 @@ def shared_database() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sites(shared_database, langgraph_slow) -> Iterator[tuple[LiveSite, LiveSite]]:
-    redis_url = f"{REDIS}/{REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
     env = site_env(
         database_url=shared_database,
         backend_url=langgraph_slow.url,
-        REDIS_URL=redis_url,
+        REDIS_URL=REDIS,
         CHAT_RELAY_HEARTBEAT_SECONDS="0.5",
     )
     manage("migrate", "--noinput", env=env)

@@ -7,7 +7,6 @@ import uuid
 
 import orjson
 import pytest
-import redis
 from django.db import connection
 
 from runs import services
@@ -15,6 +14,7 @@ from runs.db import db_call
 from runs.exceptions import Busy, EmptyText, InvalidRequest, TextTooLong
 from runs.models import Conversation, Message, Run
 from runs.selectors import Owner
+from tests.live import REDIS, redis_unreachable
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,24 +100,14 @@ async def test_database_writes_per_streamed_reply_are_constant_not_per_token(
     assert 5 <= short_writes == long_writes <= 8, writes
 
 
-def _redis_unreachable() -> str:
-    try:
-        redis.Redis.from_url("redis://127.0.0.1:6379", socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        return f"Redis is not reachable at 127.0.0.1:6379 ({exc.__class__.__name__})"
-    return ""
-
-
-@pytest.mark.skipif(bool(_redis_unreachable()), reason=_redis_unreachable() or "")
+@pytest.mark.skipif(bool(redis_unreachable()), reason=redis_unreachable())
 async def test_on_redis_tokens_that_arrive_during_a_publish_go_out_together_in_order(
     monkeypatch,
 ):
     """A Redis send takes a round trip: tokens that arrive meanwhile make one frame, not a queue."""
     from channels_redis.pubsub import RedisPubSubChannelLayer
 
-    layer = RedisPubSubChannelLayer(
-        hosts=["redis://127.0.0.1:6379"], prefix=f"test-{uuid.uuid4().hex}"
-    )
+    layer = RedisPubSubChannelLayer(hosts=[REDIS], prefix=f"test-{uuid.uuid4().hex}")
     monkeypatch.setattr(services, "get_channel_layer", lambda: layer)
     live = services.LiveRun(
         run_id=uuid.uuid4(), conversation_id=uuid.uuid4(), mode="stateless", text_in="hi"
