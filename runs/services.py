@@ -801,7 +801,8 @@ def _conversation_clear_thread(*, conversation_id: uuid.UUID, thread_id: str) ->
 
 
 async def _thread_forget(conversation: Conversation) -> None:
-    """Deletes the backend thread; the transcript stays. The next remembered message starts anew."""
+    """Deletes the conversation's backend thread, if it has one, and clears it from the row.
+    A thread already gone on the backend counts as deleted; other backend errors propagate."""
     if not conversation.thread_id:
         return
     try:
@@ -915,21 +916,15 @@ async def conversation_forget_by_staff(*, conversation_ids: Iterable[Any]) -> St
         else:
             to_delete.append(conversation)
 
-    backend = get_backend()
     limit = asyncio.Semaphore(STAFF_FORGET_CONCURRENCY)
 
     async def forget(conversation: Conversation) -> None:
         async with limit:
             try:
-                await backend.thread_delete(thread_id=conversation.thread_id)
-            except ThreadNotFound:
-                pass  # already gone: forgetting it is done
+                await _thread_forget(conversation)
             except ChatError as exc:
                 outcome.failed.append((conversation.id, exc.message))
                 return
-        await db_call(_conversation_clear_thread)(
-            conversation_id=conversation.id, thread_id=conversation.thread_id
-        )
         outcome.forgotten.append(conversation.id)
         await conversation_changed_publish(conversation_id=conversation.id)
 
