@@ -25,9 +25,10 @@ import orjson
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Prefetch, Q
+from django.db.models import Prefetch
 from django.utils import timezone
 
+from runs import sql
 from runs.backend import RunStarted, TextDelta, get_backend
 from runs.db import db_call
 from runs.exceptions import (
@@ -155,17 +156,13 @@ def _rate_limit_check(*, owner: Owner) -> None:
     limit = settings.CHAT_RATE_LIMIT
     if limit <= 0:
         return
-    since = timezone.now() - timedelta(minutes=1)
-    sent = Message.objects.filter(
-        conversation__in=conversation_queryset(owner=owner),
-        role=Message.Role.USER,
-        created_at__gte=since,
-    ).count()
+    sent = sql.owner_user_messages_count(
+        user_id=owner.user_id,
+        session_key=owner.session_key,
+        since=timezone.now() - timedelta(minutes=1),
+    )
     if sent >= limit:
         raise RateLimited(f"You can send {limit} messages a minute. Wait a moment and try again.")
-
-
-_NO_ACTIVE_RUN = Q(active_run__isnull=True) | ~Q(active_run__status__in=Run.ACTIVE_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +200,14 @@ def _chat_start(
                 title=_title_from(text), memory=memory, **owner.conversation_fields()
             )
         else:
-            conversation = conversation_get(owner=owner, conversation_id=conversation_id)
-            if conversation.active_run_id is not None and conversation.active_run.is_active:
+            conversation = sql.owner_conversation_get(
+                user_id=owner.user_id,
+                session_key=owner.session_key,
+                conversation_id=conversation_id,
+            )
+            if conversation is None:
+                raise NotFound()
+            if conversation.active_run_status in Run.ACTIVE_STATUSES:
                 raise Busy()
         mode = Run.Mode.THREAD if memory else Run.Mode.STATELESS
         run = Run.objects.create(
@@ -217,24 +220,21 @@ def _chat_start(
         # The claim: only the request that sets active_run from empty (or from a finished run)
         # may start a run, whichever process it runs in.
         claim = {
-            "active_run": run,
             "memory": memory,
             "title": conversation.title or _title_from(text),
             "updated_at": timezone.now(),
         }
-        claimed = (
-            Conversation.objects.filter(pk=conversation.pk).filter(_NO_ACTIVE_RUN).update(**claim)
-        )
-        if not claimed:
+        if not sql.conversation_claim(
+            conversation_id=conversation.pk,
+            values={"active_run": run.pk, **claim},
+            active_statuses=Run.ACTIVE_STATUSES,
+        ):
             raise Busy()
         user_message = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.USER,
-            text=text,
-            remembered=memory,
-            run=run,
+            conversation=conversation, role=Message.Role.USER, text=text, remembered=memory, run=run
         )
-        for name, value in claim.items():  # the row as the update left it, without a read
+        conversation.active_run = run  # the row as the update left it, without a read
+        for name, value in claim.items():
             setattr(conversation, name, value)
     return StartedRun(
         conversation=conversation,
@@ -373,14 +373,19 @@ async def _thread_new(live: LiveRun, *, lost: bool) -> str:
 
 
 def _run_mark_streaming(*, run_id: uuid.UUID, backend_run_id: str) -> None:
-    Run.objects.filter(pk=run_id, status=Run.Status.PENDING).update(
-        status=Run.Status.STREAMING, backend_run_id=backend_run_id
+    sql.rows_update(
+        Run,
+        values={"status": Run.Status.STREAMING, "backend_run_id": backend_run_id},
+        pk=run_id,
+        status=Run.Status.PENDING,
     )
 
 
 def _run_finish(
     *,
     run_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    mode: str,
     status: str,
     text: str,
     first_token_at: datetime | None,
@@ -408,19 +413,24 @@ def _run_finish(
         updates["backend_run_id"] = backend_run_id
     with transaction.atomic():
         # Only one finisher wins, whichever process it runs in.
-        if not Run.objects.filter(pk=run_id, status__in=Run.ACTIVE_STATUSES).update(**updates):
+        if not sql.rows_update(Run, values=updates, pk=run_id, status=Run.ACTIVE_STATUSES):
             return None
-        run = Run.objects.get(pk=run_id)
         message = Message.objects.create(
-            conversation_id=run.conversation_id,
+            conversation_id=conversation_id,
             role=Message.Role.ASSISTANT,
             text=text,
-            remembered=run.mode == Run.Mode.THREAD,
-            run=run,
+            remembered=mode == Run.Mode.THREAD,
+            run_id=run_id,
         )
-        Conversation.objects.filter(pk=run.conversation_id, active_run=run).update(
-            active_run=None, updated_at=now
+        sql.rows_update(
+            Conversation,
+            values={"active_run": None, "updated_at": now},
+            pk=conversation_id,
+            active_run=run_id,
         )
+    # What the final frame tells of the run, as the update left it, without a read.
+    run = Run(id=run_id, conversation_id=conversation_id, mode=mode, **{"notice": "", **updates})
+    message.run = run
     return run, message
 
 
@@ -450,6 +460,8 @@ async def _relay_finish(
             await live.marking
     finished = await db_call(_run_finish)(
         run_id=live.run_id,
+        conversation_id=live.conversation_id,
+        mode=live.mode,
         status=status,
         text=live.text,
         first_token_at=live.first_token_at,
@@ -610,9 +622,11 @@ def runs_interrupt(
     if stale_after is not None:
         runs = runs.filter(heartbeat_at__lt=timezone.now() - stale_after)
     frames = []
-    for run in runs.only("pk", "partial_text", "first_token_at"):
+    for run in runs.only("pk", "conversation_id", "mode", "partial_text", "first_token_at"):
         finished = _run_finish(
             run_id=run.pk,
+            conversation_id=run.conversation_id,
+            mode=run.mode,
             status=Run.Status.FAILED,
             text=run.partial_text,
             first_token_at=run.first_token_at,

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import orjson
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from runs import services
 from runs.db import db_call
-from runs.exceptions import Busy, EmptyText, InvalidRequest, TextTooLong
+from runs.exceptions import (
+    Busy,
+    EmptyText,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    TextTooLong,
+)
 from runs.models import Conversation, Message, Run
 from runs.selectors import Owner
 from tests.live import REDIS, redis_unreachable
@@ -61,6 +70,38 @@ async def test_one_active_run_per_conversation(closed_port_url):
         await services.chat_start(
             owner=VISITOR, conversation_id=started.conversation.id, text="b", memory=False
         )
+    assert not await Message.objects.filter(text="b").aexists()
+
+
+async def test_the_rate_limit_counts_only_the_owners_messages_of_the_last_minute(
+    settings, closed_port_url, django_user_model
+):
+    settings.CHAT_RATE_LIMIT = 2
+    user = await django_user_model.objects.acreate(username="ann")
+    for owner in (VISITOR, Owner(user_id=user.pk, session_key="")):
+        # Two messages in two conversations use up the minute's allowance.
+        for text in ("one", "two"):
+            await services.chat_start(owner=owner, conversation_id=None, text=text, memory=False)
+        with pytest.raises(RateLimited):
+            await services.chat_start(owner=owner, conversation_id=None, text="3", memory=False)
+    # Somebody else's messages don't count against a visitor.
+    other = Owner(user_id=None, session_key="visitor-two")
+    await services.chat_start(owner=other, conversation_id=None, text="mine", memory=False)
+    # Nor do the visitor's own from over a minute ago.
+    await Message.objects.filter(conversation__session_key=VISITOR.session_key).aupdate(
+        created_at=timezone.now() - timedelta(minutes=2)
+    )
+    await services.chat_start(owner=VISITOR, conversation_id=None, text="again", memory=False)
+
+
+async def test_a_strangers_conversation_is_not_found(closed_port_url):
+    started = await services.chat_start(owner=VISITOR, conversation_id=None, text="a", memory=False)
+    stranger = Owner(user_id=None, session_key="visitor-two")
+    for conversation_id in (started.conversation.id, "not-a-uuid", uuid.uuid4()):
+        with pytest.raises(NotFound):
+            await services.chat_start(
+                owner=stranger, conversation_id=conversation_id, text="b", memory=False
+            )
     assert not await Message.objects.filter(text="b").aexists()
 
 
