@@ -168,9 +168,9 @@ LANGGRAPH_WRITE_TIMEOUT = env.float("LANGGRAPH_WRITE_TIMEOUT", default=10.0)
 LANGGRAPH_POOL_TIMEOUT = env.float("LANGGRAPH_POOL_TIMEOUT", default=10.0)
 # How long a wait run (the JSON API, the no-JavaScript form) may take in all.
 LANGGRAPH_WAIT_TIMEOUT = env.float("LANGGRAPH_WAIT_TIMEOUT", default=120.0)
-# Streams are spread over this many clients: one pool's bookkeeping is the bottleneck past
-# about 100 concurrent streams.
-LANGGRAPH_STREAM_CLIENTS = env.int("LANGGRAPH_STREAM_CLIENTS", default=4)
+# Streams are spread over this many clients: a pool's bookkeeping grows with the square of its
+# connections (httpcore 1.0), so many small pools cost far less than a few large ones.
+LANGGRAPH_STREAM_CLIENTS = env.int("LANGGRAPH_STREAM_CLIENTS", default=16)
 LANGGRAPH_MAX_CONNECTIONS = env.int("LANGGRAPH_MAX_CONNECTIONS", default=500)
 # Below uvicorn's 5 s keep-alive, so the backend never closes a connection under a new request.
 LANGGRAPH_KEEPALIVE_EXPIRY = env.float("LANGGRAPH_KEEPALIVE_EXPIRY", default=4.0)

@@ -1,8 +1,9 @@
 """The one module that speaks HTTP to the run backend (the LangGraph Agent Server API).
 
 Long-lived `httpx.AsyncClient`s, explicit timeouts, typed results and typed errors
-(`runs.exceptions`). Streams are spread over several clients because one client's connection
-pool becomes the bottleneck past about 100 concurrent streams.
+(`runs.exceptions`). Streams are spread over several clients because a connection pool's
+bookkeeping grows with the square of its connections: one pool became the bottleneck past about
+100 concurrent streams.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import uuid
 from collections import Counter
@@ -9,7 +11,11 @@ from importlib import import_module
 from typing import Any
 
 import orjson
+from asgiref.typing import ASGIReceiveCallable as Receive
+from asgiref.typing import ASGISendCallable as Send
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 
@@ -94,6 +100,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return False
         data = import_module(settings.SESSION_ENGINE).SessionStore(session_key).load()
         return data.get(SESSION_KEY) == str(self.owner.user_id)
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        """AsyncConsumer.__call__ with a leaner loop. Channels starts a task and an
+        `asyncio.wait` for every message; a streamed reply sends one per token. Here one task
+        per source (the socket, the channel layer) takes a message and dispatches it under a
+        shared lock: still one message handled at a time, in the order taken, and
+        StopConsumer (the socket closed) still ends the consumer."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        self.base_send = send
+        turn = asyncio.Lock()
+
+        async def pump(source: Receive) -> None:
+            while True:
+                message = await source()
+                async with turn:
+                    await self.dispatch(message)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(pump(receive))
+                tasks.create_task(pump(self.channel_receive))
+        except* StopConsumer:
+            pass
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale DB connections in a thread before every message; this consumer

@@ -1,10 +1,11 @@
 """The default, one-process channel layer, with its per-message overhead trimmed.
 
 Channels' InMemoryChannelLayer walks every channel and group to expire old messages on each
-send and receive, starts a task per group member, and deep-copies each message: per relayed
-token, that grew with the number of open sockets. This layer expires at most once a second,
-puts group messages straight on the members' queues, and copies messages shallowly (the
-chat's frames hold only strings). Its semantics are otherwise the same.
+send and receive, starts a task per group member, deep-copies each message and builds a queue
+per receive: per relayed token, that grew with the number of open sockets. This layer expires
+at most once a second, puts group messages straight on the members' queues, copies messages
+shallowly (the chat's frames hold only strings), and makes a queue only when one is
+missing. Its semantics are otherwise the same.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ class LocalChannelLayer(InMemoryChannelLayer):
             self._queue(channel).put_nowait((time.time() + self.expiry, dict(message)))
         except asyncio.QueueFull:
             raise ChannelFull(channel) from None
+
+    async def receive(self, channel: str) -> dict:
+        # As InMemoryChannelLayer.receive, without building a Queue to throw away per message.
+        self.require_valid_channel_name(channel)
+        self._clean_expired()
+        queue = self._queue(channel)
+        try:
+            _, message = await queue.get()
+        finally:
+            if queue.empty():
+                self.channels.pop(channel, None)
+        return message
 
     async def group_send(self, group: str, message: dict) -> None:
         self.group_send_nowait(group, message)
