@@ -606,9 +606,10 @@ async def chat_wait(*, owner: Owner, conversation_id: Any, text: Any, memory: bo
 
 def _relays_heartbeat(*, snapshots: list[tuple[uuid.UUID, str]]) -> None:
     now = timezone.now()
-    Run.objects.bulk_update(
-        [Run(pk=run_id, partial_text=text, heartbeat_at=now) for run_id, text in snapshots],
-        ["partial_text", "heartbeat_at"],
+    sql.rows_update_each(
+        Run,
+        fields=["partial_text", "heartbeat_at"],
+        rows=[(run_id, text, now) for run_id, text in snapshots],
     )
 
 

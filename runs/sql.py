@@ -64,6 +64,22 @@ def rows_update(model: type[Model], *, values: dict[str, Any], **where: Any) -> 
     return _execute(sql, params)
 
 
+def rows_update_each(
+    model: type[Model], *, fields: list[str], rows: Iterable[tuple[Any, ...]]
+) -> None:
+    """Updates many rows by primary key, each with values of its own: `rows` holds
+    (pk, value of each of `fields`) tuples. One statement, executed once per row."""
+    assignments = ", ".join(f"{_column(model, name)} = %s" for name in fields)
+    sql = f"UPDATE {_table(model)} SET {assignments} WHERE {_column(model, 'pk')} = %s"
+    params = [
+        [*(_value(model, name, value) for name, value in zip(fields, values, strict=True)),
+         _value(model, "pk", pk)]
+        for pk, *values in rows
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
 def _owned(*, user_id: int | None, session_key: str) -> tuple[str, list[Any]]:
     """The WHERE condition (and its parameters) on the conversation table for one owner: a
     user, or an anonymous visitor by their key."""
