@@ -291,6 +291,13 @@ class LiveRun:
     marking: asyncio.Future | None = None
     flush_handle: asyncio.Handle | None = None
     publishing: asyncio.Future | None = None
+    # Worked out once, not per delta.
+    group: str = field(init=False)
+    run_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group = conversation_group(self.conversation_id)
+        self.run_key = str(self.run_id)
 
     @property
     def text(self) -> str:
@@ -319,13 +326,12 @@ class LiveRun:
         self.pending.clear()
         self.parts.append(text)
         self.seq += 1
-        frame = {"type": "run.delta", "run": str(self.run_id), "seq": self.seq, "text": text}
+        frame = {"type": "run.delta", "run": self.run_key, "seq": self.seq, "text": text}
         message = {"type": "chat.frame", "text": orjson.dumps(frame).decode()}
-        group = conversation_group(self.conversation_id)
         if send_nowait is not None:
-            send_nowait(group, message)
+            send_nowait(self.group, message)
             return
-        self.publishing = asyncio.ensure_future(layer.group_send(group, message))
+        self.publishing = asyncio.ensure_future(layer.group_send(self.group, message))
         self.publishing.add_done_callback(self._published)
 
     def _published(self, publishing: asyncio.Future) -> None:
