@@ -200,7 +200,7 @@ def _chat_start(
                 title=_title_from(text), memory=memory, **owner.conversation_fields()
             )
         else:
-            conversation = sql.owner_conversation_get(
+            conversation = sql.owner_conversation_lock(
                 user_id=owner.user_id,
                 session_key=owner.session_key,
                 conversation_id=conversation_id,

@@ -107,11 +107,15 @@ def owner_user_messages_count(*, user_id: int | None, session_key: str, since: d
     return _execute(sql, [*params, Message.Role.USER, _value(Message, "created_at", since)])
 
 
-def owner_conversation_get(
+def owner_conversation_lock(
     *, user_id: int | None, session_key: str, conversation_id: Any
 ) -> Conversation | None:
     """The owner's conversation, None if it is not theirs or doesn't exist, with
-    `active_run_status`: the status of its active run (None without one)."""
+    `active_run_status`: the status of its active run (None without one).
+
+    Inside a transaction its row stays locked until the end (SELECT ... FOR UPDATE where the
+    database has it; SQLite's writers take turns anyway), so a second sender reads it only
+    once the first has committed its claim, and sees the run that claim started."""
     try:
         conversation_pk = _value(Conversation, "id", conversation_id)
     except (ValidationError, ValueError, TypeError):
@@ -124,6 +128,8 @@ def owner_conversation_get(
         f"= {conversation}.{_column(Conversation, 'active_run')} "
         f"WHERE {conversation}.{_column(Conversation, 'id')} = %s AND {owned}"
     )
+    if connection.features.has_select_for_update_of:
+        sql += f" FOR UPDATE OF {conversation}"
     found = list(Conversation.objects.raw(sql, [conversation_pk, *params]))
     return found[0] if found else None
 

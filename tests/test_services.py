@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -71,6 +73,52 @@ async def test_one_active_run_per_conversation(closed_port_url):
             owner=VISITOR, conversation_id=started.conversation.id, text="b", memory=False
         )
     assert not await Message.objects.filter(text="b").aexists()
+
+
+@pytest.mark.skipif(
+    connection.vendor == "sqlite",
+    reason="SQLite's writers take turns (BEGIN IMMEDIATE): the race needs PostgreSQL",
+)
+def test_two_processes_sending_to_one_idle_conversation_at_once_start_one_run(closed_port_url):
+    """The claim holds across processes (here two threads with a database connection each),
+    even when the second reads the conversation while the first is about to commit."""
+    conversation = services._chat_start(
+        owner=VISITOR, conversation_id=None, text="hello", memory=False, client_id=None,
+        relay_channel="",
+    ).conversation  # fmt: skip
+    Conversation.objects.filter(pk=conversation.pk).update(active_run=None)  # idle again
+    first_claimed = threading.Event()
+    outcomes: dict[str, str] = {}
+
+    def hold_after_the_claim(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith("UPDATE") and "active_run_id" in sql and not first_claimed.is_set():
+            first_claimed.set()
+            time.sleep(1.0)  # the second sender reads and claims meanwhile
+        return result
+
+    def send(name: str) -> None:
+        try:
+            if name == "second":
+                first_claimed.wait(10)
+            with connection.execute_wrapper(hold_after_the_claim):
+                services._chat_start(
+                    owner=VISITOR, conversation_id=conversation.pk, text=name, memory=False,
+                    client_id=None, relay_channel="",
+                )  # fmt: skip
+            outcomes[name] = "started"
+        except Busy:
+            outcomes[name] = "busy"
+        finally:
+            connection.close()
+
+    senders = [threading.Thread(target=send, args=(name,)) for name in ("first", "second")]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(30)
+    assert outcomes == {"first": "started", "second": "busy"}
+    assert not Message.objects.filter(text="second").exists()
 
 
 async def test_the_rate_limit_counts_only_the_owners_messages_of_the_last_minute(
