@@ -48,13 +48,15 @@ def _execute(sql: str, params: list[Any]) -> int:
 
 
 def rows_update(model: type[Model], *, values: dict[str, Any], **where: Any) -> int:
-    """UPDATE `model` SET `values` WHERE each `where` field equals its value (or, given a tuple,
-    is one of them). Returns the number of rows changed."""
+    """UPDATE `model` SET `values` WHERE each `where` field equals its value (is NULL for None;
+    given a tuple, is one of them). Returns the number of rows changed."""
     assignments = [f"{_column(model, name)} = %s" for name in values]
     params = [_value(model, name, value) for name, value in values.items()]
     conditions = []
     for name, wanted in where.items():
-        if isinstance(wanted, tuple):
+        if wanted is None:
+            conditions.append(f"{_column(model, name)} IS NULL")
+        elif isinstance(wanted, tuple):
             conditions.append(f"{_column(model, name)} IN ({', '.join(['%s'] * len(wanted))})")
             params.extend(_value(model, name, one) for one in wanted)
         else:
@@ -104,7 +106,8 @@ def owner_user_messages_count(*, user_id: int | None, session_key: str, since: d
         f"WHERE {owned} AND {message}.{_column(Message, 'role')} = %s "
         f"AND {message}.{_column(Message, 'created_at')} >= %s"
     )
-    return _execute(sql, [*params, Message.Role.USER, _value(Message, "created_at", since)])
+    role = _value(Message, "role", Message.Role.USER)
+    return _execute(sql, [*params, role, _value(Message, "created_at", since)])
 
 
 def owner_conversation_lock(
@@ -152,5 +155,5 @@ def conversation_claim(
     )
     params = [_value(Conversation, name, value) for name, value in values.items()]
     params.append(_value(Conversation, "id", conversation_id))
-    params.extend(statuses)
+    params.extend(_value(Run, "status", status) for status in statuses)
     return _execute(sql, params) == 1
