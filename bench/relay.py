@@ -914,7 +914,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
+        # At 100 and more chats the ratios moved by a third between runs of three pairs.
+        default=5,
         help="round pairs (one direct and one relay round each) per cell; in the scale-out "
         "cells, passes of one round per mode",
     )
