@@ -3,7 +3,7 @@
 Long-lived `httpx.AsyncClient`s, explicit timeouts, typed results and typed errors
 (`runs.exceptions`). Streams are spread over several clients because a connection pool's
 bookkeeping grows with the square of its connections: one pool became the bottleneck past about
-100 concurrent streams.
+100 concurrent streams. Their sockets are plain asyncio (`runs.network`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from runs.exceptions import (
     RunFailed,
     ThreadNotFound,
 )
+from runs.network import asyncio_transport
 
 OnDisconnect = Literal["cancel", "continue"]
 MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
@@ -221,7 +222,7 @@ class RunBackend:
                 headers=headers,
                 timeout=timeout,
                 limits=limits,
-                transport=transport,
+                transport=transport or asyncio_transport(limits=limits),
             )
 
         self._control = make_client()
