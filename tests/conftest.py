@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
@@ -14,6 +16,16 @@ from agent.server import EmbeddedBackend, free_port
 
 LOG_DIR = Path(__file__).resolve().parent.parent / "test-results"
 SEES = re.compile(r"I can see (\d+) of your messages")
+
+
+# Modules whose async tests also run on uvloop, daphne's event loop (chatsite/serve.py).
+LOOPS_OF_DAPHNE = {"tests.test_network"}
+
+
+def pytest_asyncio_loop_factories(config, item):
+    if item.module.__name__ in LOOPS_OF_DAPHNE:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 def seen_count(reply: str) -> int:

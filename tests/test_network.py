@@ -1,15 +1,18 @@
 """runs/network.py: the run backend's sockets, against small real servers on 127.0.0.1 that
-misbehave the ways a backend or the network can."""
+misbehave the ways a backend or the network can. Each test runs on asyncio's own loop and on
+daphne's, uvloop (`LOOPS_OF_DAPHNE` in conftest)."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
 
 import httpx
 import pytest
+import trustme
 
 from runs.backend import BackendConfig, RunBackend, RunStarted, TextDelta
 from runs.exceptions import BackendTimeout, BackendUnavailable
@@ -42,7 +45,7 @@ async def request_read(reader: asyncio.StreamReader) -> bytes:
 
 
 @asynccontextmanager
-async def server(handler: Handler) -> AsyncIterator[str]:
+async def server(handler: Handler, *, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await handler(reader, writer)
@@ -51,10 +54,10 @@ async def server(handler: Handler) -> AsyncIterator[str]:
         finally:
             writer.close()
 
-    listener = await asyncio.start_server(serve, "127.0.0.1", 0)
+    listener = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
     port = listener.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         listener.close()
 
@@ -198,3 +201,37 @@ async def test_a_closed_port_is_a_connect_error():
     async with httpx.AsyncClient(transport=asyncio_transport(limits=httpx.Limits())) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get("http://127.0.0.1:9/")
+
+
+async def test_a_backend_over_tls_streams_and_checks_its_certificate(settings):
+    """A hosted backend is https: the handshake runs on these sockets too."""
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_tls)
+
+    async def handler(reader, writer):
+        await request_read(reader)
+        writer.write(
+            SSE_HEAD
+            + sse_event("metadata", '{"run_id": "r1"}')
+            + sse_event("messages", '[{"type": "AIMessageChunk", "content": "over tls"}, {}]')
+            + sse_event("end", "")
+            + b"0\r\n\r\n"
+        )
+        await writer.drain()
+
+    def client(verify: ssl.SSLContext) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(verify=verify)
+        transport._pool._network_backend = AsyncioBackend()
+        return httpx.AsyncClient(transport=transport, timeout=5)
+
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    async with server(handler, tls=server_tls) as url:
+        async with client(trusting) as trusted:
+            async with trusted.stream("POST", url, json={}) as response:
+                body = b"".join([piece async for piece in response.aiter_bytes()])
+        assert b"over tls" in body
+        async with client(ssl.create_default_context()) as stranger:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await stranger.post(url, json={})
