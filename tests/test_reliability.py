@@ -388,6 +388,50 @@ def test_a_frame_over_256_kib_closes_with_1009_and_the_server_stays_healthy(live
     assert "Traceback" not in live_site.log()
 
 
+def test_a_reader_too_slow_for_its_frames_gets_every_byte_in_order(live_site):
+    """daphne writes a frame on the spot when nothing waits ahead of it (chatsite/serve.py).
+    A client that stops reading fills the socket: the rest must queue behind, not overtake."""
+    sentences = [f"Line {n} of a long message that fills the socket. " for n in range(150)]
+    long_text = "".join(sentences)[:8000].strip()
+
+    async def exercise() -> list[dict]:
+        # max_queue=1: the client stops reading from its socket while frames go unread.
+        async with websockets.connect(
+            live_site.ws_url, origin=live_site.url, max_size=None, max_queue=1
+        ) as ws:
+            conversation = None
+            for _ in range(4):
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "chat.send",
+                            "text": long_text,
+                            "memory": False,
+                            "conversation": conversation,
+                        }
+                    )
+                )
+                while True:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                    if frame["type"] == "run.started":
+                        conversation = frame["conversation"]
+                    if frame["type"] == "run.completed":
+                        break
+            for index in range(60):
+                watch = {"type": "conversation.watch", "conversation": conversation}
+                await ws.send(json.dumps({**watch, "client_id": str(index)}))
+            await asyncio.sleep(2)  # the server writes on into a socket nobody reads
+            return [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in range(60)]
+
+    snapshots = asyncio.run(exercise())
+    assert all(s["type"] == "conversation.snapshot" for s in snapshots)
+    # Each about 70 KB: together many times what the sockets' buffers hold.
+    assert sum(len(json.dumps(s)) for s in snapshots) > 4_000_000
+    assert all(len(s["messages"]) == 8 for s in snapshots)
+    assert all(m["text"] == long_text for s in snapshots for m in s["messages"][::2])
+    assert live_site.alive and "Traceback" not in live_site.log()
+
+
 async def test_rate_limit_per_visitor_over_the_websocket(settings, backend_url, socket_factory):
     settings.CHAT_RATE_LIMIT = 2
     socket = await socket_factory()
