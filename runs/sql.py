@@ -33,6 +33,15 @@ def _column(model: type[Model], name: str) -> str:
     return connection.ops.quote_name(_field(model, name).column)
 
 
+def _qualified(model: type[Model], name: str) -> str:
+    """The column as `table`.`column`, for statements that name two tables."""
+    return f"{_table(model)}.{_column(model, name)}"
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
 def _value(model: type[Model], name: str, value: Any) -> Any:
     return _field(model, name).get_db_prep_value(value, connection)
 
@@ -57,7 +66,7 @@ def rows_update(model: type[Model], *, values: dict[str, Any], **where: Any) -> 
         if wanted is None:
             conditions.append(f"{_column(model, name)} IS NULL")
         elif isinstance(wanted, tuple):
-            conditions.append(f"{_column(model, name)} IN ({', '.join(['%s'] * len(wanted))})")
+            conditions.append(f"{_column(model, name)} IN ({_placeholders(len(wanted))})")
             params.extend(_value(model, name, one) for one in wanted)
         else:
             conditions.append(f"{_column(model, name)} = %s")
@@ -85,26 +94,22 @@ def rows_update_each(
 def _owned(*, user_id: int | None, session_key: str) -> tuple[str, list[Any]]:
     """The WHERE condition (and its parameters) on the conversation table for one owner: a
     user, or an anonymous visitor by their key."""
-    conversation = _table(Conversation)
-    owner_id = f"{conversation}.{_column(Conversation, 'owner')}"
+    owner_id = _qualified(Conversation, "owner")
     if user_id is not None:
         return f"{owner_id} = %s", [_value(Conversation, "owner", user_id)]
     if not session_key:
         return "1 = 0", []  # as conversation_queryset: a visitor without a key owns nothing
-    session = f"{conversation}.{_column(Conversation, 'session_key')}"
-    return f"{owner_id} IS NULL AND {session} = %s", [session_key]
+    return f"{owner_id} IS NULL AND {_qualified(Conversation, 'session_key')} = %s", [session_key]
 
 
 def owner_user_messages_count(*, user_id: int | None, session_key: str, since: datetime) -> int:
     """How many messages the owner has sent since `since`, in all their conversations."""
     owned, params = _owned(user_id=user_id, session_key=session_key)
-    conversation, message = _table(Conversation), _table(Message)
     sql = (
-        f"SELECT COUNT(*) FROM {message} INNER JOIN {conversation} "
-        f"ON {message}.{_column(Message, 'conversation')} "
-        f"= {conversation}.{_column(Conversation, 'id')} "
-        f"WHERE {owned} AND {message}.{_column(Message, 'role')} = %s "
-        f"AND {message}.{_column(Message, 'created_at')} >= %s"
+        f"SELECT COUNT(*) FROM {_table(Message)} INNER JOIN {_table(Conversation)} "
+        f"ON {_qualified(Message, 'conversation')} = {_qualified(Conversation, 'id')} "
+        f"WHERE {owned} AND {_qualified(Message, 'role')} = %s "
+        f"AND {_qualified(Message, 'created_at')} >= %s"
     )
     role = _value(Message, "role", Message.Role.USER)
     return _execute(sql, [*params, role, _value(Message, "created_at", since)])
@@ -124,12 +129,12 @@ def owner_conversation_lock(
     except (ValidationError, ValueError, TypeError):
         return None
     owned, params = _owned(user_id=user_id, session_key=session_key)
-    conversation, run = _table(Conversation), _table(Run)
+    conversation = _table(Conversation)
     sql = (
-        f"SELECT {conversation}.*, {run}.{_column(Run, 'status')} AS active_run_status "
-        f"FROM {conversation} LEFT OUTER JOIN {run} ON {run}.{_column(Run, 'id')} "
-        f"= {conversation}.{_column(Conversation, 'active_run')} "
-        f"WHERE {conversation}.{_column(Conversation, 'id')} = %s AND {owned}"
+        f"SELECT {conversation}.*, {_qualified(Run, 'status')} AS active_run_status "
+        f"FROM {conversation} LEFT OUTER JOIN {_table(Run)} "
+        f"ON {_qualified(Run, 'id')} = {_qualified(Conversation, 'active_run')} "
+        f"WHERE {_qualified(Conversation, 'id')} = %s AND {owned}"
     )
     if connection.features.has_select_for_update_of:
         sql += f" FOR UPDATE OF {conversation}"
@@ -143,15 +148,13 @@ def conversation_claim(
     """Sets `values` (among them `active_run`) on the conversation only if no run of it is
     active: the claim that lets one request at a time, in any process, start a run."""
     statuses = list(active_statuses)
-    run = _table(Run)
     assignments = [f"{_column(Conversation, name)} = %s" for name in values]
-    conversation = _table(Conversation)
-    active_run = f"{conversation}.{_column(Conversation, 'active_run')}"
+    active_run = _qualified(Conversation, "active_run")
     sql = (
-        f"UPDATE {conversation} SET {', '.join(assignments)} "
+        f"UPDATE {_table(Conversation)} SET {', '.join(assignments)} "
         f"WHERE {_column(Conversation, 'id')} = %s AND ({active_run} IS NULL OR NOT EXISTS "
-        f"(SELECT 1 FROM {run} WHERE {run}.{_column(Run, 'id')} = {active_run} "
-        f"AND {run}.{_column(Run, 'status')} IN ({', '.join(['%s'] * len(statuses))})))"
+        f"(SELECT 1 FROM {_table(Run)} WHERE {_qualified(Run, 'id')} = {active_run} "
+        f"AND {_qualified(Run, 'status')} IN ({_placeholders(len(statuses))})))"
     )
     params = [_value(Conversation, name, value) for name, value in values.items()]
     params.append(_value(Conversation, "id", conversation_id))
