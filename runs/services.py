@@ -196,8 +196,8 @@ def _chat_start(
     _rate_limit_check(owner=owner)
     with transaction.atomic():
         if conversation_id is None:
-            conversation = Conversation.objects.create(
-                title=_title_from(text), memory=memory, **owner.conversation_fields()
+            conversation = sql.row_insert(
+                Conversation(title=_title_from(text), memory=memory, **owner.conversation_fields())
             )
         else:
             conversation = sql.owner_conversation_lock(
@@ -210,12 +210,14 @@ def _chat_start(
             if conversation.active_run_status in Run.ACTIVE_STATUSES:
                 raise Busy()
         mode = Run.Mode.THREAD if memory else Run.Mode.STATELESS
-        run = Run.objects.create(
-            heartbeat_at=timezone.now(),
-            relay_channel=relay_channel,
-            conversation=conversation,
-            mode=mode,
-            thread_id=conversation.thread_id if memory else "",
+        run = sql.row_insert(
+            Run(
+                heartbeat_at=timezone.now(),
+                relay_channel=relay_channel,
+                conversation=conversation,
+                mode=mode,
+                thread_id=conversation.thread_id if memory else "",
+            )
         )
         # The claim: only the request that sets active_run from empty (or from a finished run)
         # may start a run, whichever process it runs in.
@@ -230,8 +232,14 @@ def _chat_start(
             active_statuses=Run.ACTIVE_STATUSES,
         ):
             raise Busy()
-        user_message = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, text=text, remembered=memory, run=run
+        user_message = sql.row_insert(
+            Message(
+                conversation=conversation,
+                role=Message.Role.USER,
+                text=text,
+                remembered=memory,
+                run=run,
+            )
         )
         conversation.active_run = run  # the row as the update left it, without a read
         for name, value in claim.items():
@@ -421,12 +429,14 @@ def _run_finish(
         # Only one finisher wins, whichever process it runs in.
         if not sql.rows_update(Run, values=updates, pk=run_id, status=Run.ACTIVE_STATUSES):
             return None
-        message = Message.objects.create(
-            conversation_id=conversation_id,
-            role=Message.Role.ASSISTANT,
-            text=text,
-            remembered=mode == Run.Mode.THREAD,
-            run_id=run_id,
+        message = sql.row_insert(
+            Message(
+                conversation_id=conversation_id,
+                role=Message.Role.ASSISTANT,
+                text=text,
+                remembered=mode == Run.Mode.THREAD,
+                run_id=run_id,
+            )
         )
         sql.rows_update(
             Conversation,

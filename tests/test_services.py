@@ -66,6 +66,50 @@ async def test_the_users_message_is_saved_before_the_backend_is_called(closed_po
     assert started.run.status == Run.Status.PENDING and started.run.mode == Run.Mode.THREAD
 
 
+def test_a_message_in_a_conversation_is_saved_whole_as_staff_see_it(closed_port_url):
+    """The chat flow writes its rows as plain SQL (runs/sql.py): read back through the ORM,
+    every field is as `save()` would have left it."""
+
+    def start(conversation_id, text, memory):
+        return services._chat_start(
+            owner=VISITOR, conversation_id=conversation_id, text=text, memory=memory,
+            client_id=None, relay_channel="relay-channel",
+        )  # fmt: skip
+
+    before = timezone.now()
+    first = start(None, "first words", False)
+    services._run_finish(
+        run_id=first.run.id, conversation_id=first.conversation.id, mode=first.run.mode,
+        status=Run.Status.COMPLETED, text="the reply", first_token_at=None,
+    )  # fmt: skip
+    second = start(first.conversation.id, "second words", True)
+
+    conversation = Conversation.objects.get(pk=first.conversation.pk)
+    assert (conversation.title, conversation.memory, conversation.session_key) == (
+        "first words", True, VISITOR.session_key,
+    )  # fmt: skip
+    assert conversation.owner_id is None and conversation.active_run_id == second.run.id
+    assert before <= conversation.created_at <= conversation.updated_at
+    # What the start returns reads like the row, its other fields loaded on first use.
+    assert second.conversation.created_at == conversation.created_at
+    assert second.conversation.session_key == VISITOR.session_key
+
+    run = Run.objects.get(pk=second.run.pk)
+    assert (run.conversation_id, run.mode, run.status, run.relay_channel, run.reply_chars) == (
+        conversation.id, Run.Mode.THREAD, Run.Status.PENDING, "relay-channel", 0,
+    )  # fmt: skip
+    assert run.started_at >= before and run.heartbeat_at >= before and run.finished_at is None
+    assert run.started_at == second.run.started_at
+
+    messages = list(conversation.messages.order_by("created_at"))
+    assert [(m.role, m.text, m.remembered, m.run_id) for m in messages] == [
+        (Message.Role.USER, "first words", False, first.run.id),
+        (Message.Role.ASSISTANT, "the reply", False, first.run.id),
+        (Message.Role.USER, "second words", True, second.run.id),
+    ]
+    assert messages[2].created_at == second.user_message.created_at
+
+
 async def test_one_active_run_per_conversation(closed_port_url):
     started = await services.chat_start(owner=VISITOR, conversation_id=None, text="a", memory=False)
     with pytest.raises(Busy):
