@@ -77,16 +77,25 @@ class _StreamProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
 
-async def _wait(waiter: asyncio.Future, timeout: float | None) -> None:
-    """Waits for `waiter`; TimeoutError after `timeout` seconds (None: no limit)."""
-    if timeout is None:
-        await waiter
-        return
-    timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter)
+async def _wait(
+    protocol: _StreamProtocol,
+    slot: str,
+    timeout: float | None,
+    timeout_error: type[httpcore.TimeoutException],
+) -> None:
+    """Waits until the protocol wakes its `slot` waiter (`read_waiter` or `drain_waiter`);
+    `timeout_error` after `timeout` seconds (None: no limit)."""
+    waiter = asyncio.get_running_loop().create_future()
+    setattr(protocol, slot, waiter)
+    timer = None if timeout is None else waiter.get_loop().call_later(timeout, _expire, waiter)
     try:
         await waiter
+    except TimeoutError:
+        raise timeout_error() from None
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
+        setattr(protocol, slot, None)
 
 
 class AsyncioStream(httpcore.AsyncNetworkStream):
@@ -96,13 +105,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
         if not protocol.buffer and not protocol.at_eof:
-            waiter = protocol.read_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await _wait(waiter, timeout)
-            except TimeoutError:
-                raise httpcore.ReadTimeout() from None
-            finally:
-                protocol.read_waiter = None
+            await _wait(protocol, "read_waiter", timeout, httpcore.ReadTimeout)
         if protocol.buffer:
             if len(protocol.buffer) <= max_bytes:
                 data = bytes(protocol.buffer)
@@ -126,13 +129,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError("The connection is closed.")
         protocol.transport.write(buffer)
         if protocol.writing_paused:
-            waiter = protocol.drain_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await _wait(waiter, timeout)
-            except TimeoutError:
-                raise httpcore.WriteTimeout() from None
-            finally:
-                protocol.drain_waiter = None
+            await _wait(protocol, "drain_waiter", timeout, httpcore.WriteTimeout)
             if protocol.lost is not None:
                 raise httpcore.WriteError(str(protocol.lost)) from protocol.lost
 

@@ -92,7 +92,7 @@ def row_insert(row: Model) -> Model:
     params = [field.get_db_prep_save(field.pre_save(row, True), db) for field in fields]
     _execute(_insert_sql(type(row)), params)
     row._state.adding = False
-    row._state.db = connection.alias
+    row._state.db = db.alias
     return row
 
 
