@@ -818,10 +818,11 @@ async def conversation_set_memory(
     return conversation
 
 
-def _conversation_for_forget(*, owner: Owner, conversation_id: Any) -> Conversation:
+def _conversation_at_rest(*, owner: Owner, conversation_id: Any, doing: str) -> Conversation:
+    """The owner's conversation, refused as busy while a reply streams in it."""
     conversation = conversation_get(owner=owner, conversation_id=conversation_id)
     if conversation.active_run_id is not None and conversation.active_run.is_active:
-        raise Busy("Wait for the reply to finish (or stop it) before forgetting.")
+        raise Busy(f"Wait for the reply to finish (or stop it) before {doing}.")
     return conversation
 
 
@@ -850,8 +851,8 @@ async def conversation_forget(
     *, owner: Owner, conversation_id: Any, origin_channel: str = ""
 ) -> Conversation:
     """Deletes the backend thread; the transcript stays. The next remembered message starts anew."""
-    conversation = await db_call(_conversation_for_forget)(
-        owner=owner, conversation_id=conversation_id
+    conversation = await db_call(_conversation_at_rest)(
+        owner=owner, conversation_id=conversation_id, doing="forgetting"
     )
     if conversation.thread_id:
         await _thread_forget(conversation)
@@ -865,14 +866,20 @@ def _conversation_delete_rows(*, conversation_id: uuid.UUID) -> None:
     Conversation.objects.filter(pk=conversation_id).delete()
 
 
-async def conversation_delete(*, owner: Owner, conversation_id: Any) -> None:
-    """Deletes the conversation, its transcript, and its backend thread. If the backend cannot
-    be reached the conversation is kept, so no thread is left behind unseen."""
-    conversation = await db_call(_conversation_for_forget)(
-        owner=owner, conversation_id=conversation_id
+async def conversation_delete(*, owner: Owner, conversation_id: Any) -> Conversation:
+    """Deletes the conversation, its transcript, and its backend thread, then tells every
+    socket watching it (the owner's other tabs) with `conversation.deleted`. If the backend
+    cannot be reached the conversation is kept, so no thread is left behind unseen."""
+    conversation = await db_call(_conversation_at_rest)(
+        owner=owner, conversation_id=conversation_id, doing="deleting"
     )
     await _thread_forget(conversation)
     await db_call(_conversation_delete_rows)(conversation_id=conversation.id)
+    await frame_publish(
+        conversation_id=conversation.id,
+        frame={"type": "conversation.deleted", "conversation": str(conversation.id)},
+    )
+    return conversation
 
 
 # Snapshots.

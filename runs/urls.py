@@ -11,6 +11,11 @@ urlpatterns = [
         views.conversation_forget_form,
         name="conversation_forget",
     ),
+    path(
+        "c/<uuid:conversation_id>/delete/",
+        views.conversation_delete_form,
+        name="conversation_delete",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("api/chat/", api.chat, name="api_chat"),
     path("api/conversations/", api.conversations, name="api_conversations"),

@@ -6,6 +6,7 @@ reply never holds one of the server's threads.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -20,6 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from runs import services
 from runs.backend import get_backend
 from runs.exceptions import ChatError, NotFound
+from runs.models import Conversation
 from runs.selectors import (
     Owner,
     conversation_get,
@@ -104,9 +106,14 @@ async def chat_form_send(request: HttpRequest) -> HttpResponse:
     return redirect(reverse("conversation", args=[outcome.started.conversation.id]))
 
 
-@require_http_methods(["GET", "POST"])
-async def conversation_forget_form(request: HttpRequest, conversation_id: Any) -> HttpResponse:
-    """Forget without JavaScript: a confirmation page, then the POST that deletes the thread."""
+ConfirmedAction = Callable[[Owner, Conversation], Awaitable[tuple[str, str]]]
+
+
+async def _confirm_then(
+    request: HttpRequest, conversation_id: Any, *, template: str, act: ConfirmedAction
+) -> HttpResponse:
+    """A confirmation page (GET), then the POST that does it: without JavaScript, and the
+    chat page's dialogs post here too. `act` answers with what to say and where to go."""
     user = await request.auser()
     if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
         return redirect(reverse("login"))
@@ -116,18 +123,43 @@ async def conversation_forget_form(request: HttpRequest, conversation_id: Any) -
             owner=owner, conversation_id=conversation_id
         )
         if request.method == "POST":
-            await services.conversation_forget(owner=owner, conversation_id=conversation_id)
-            await sync_to_async(flash.success)(
-                request, "Forgotten: the next remembered message starts a new memory."
-            )
-            return redirect(reverse("conversation", args=[conversation_id]))
+            done, target = await act(owner, conversation)
+            await sync_to_async(flash.success)(request, done)
+            return redirect(target)
     except NotFound:
         return await sync_to_async(render)(request, "runs/not_found.html", status=404)
     except ChatError as exc:
         await sync_to_async(flash.error)(request, exc.message)
         return redirect(reverse("conversation", args=[conversation_id]))
-    return await sync_to_async(render)(
-        request, "runs/forget_confirm.html", {"conversation": conversation}
+    return await sync_to_async(render)(request, template, {"conversation": conversation})
+
+
+async def _forget(owner: Owner, conversation: Conversation) -> tuple[str, str]:
+    await services.conversation_forget(owner=owner, conversation_id=conversation.id)
+    return (
+        "Forgotten: the next remembered message starts a new memory.",
+        reverse("conversation", args=[conversation.id]),
+    )
+
+
+async def _delete(owner: Owner, conversation: Conversation) -> tuple[str, str]:
+    await services.conversation_delete(owner=owner, conversation_id=conversation.id)
+    return f"Deleted “{conversation.title or 'Untitled'}”.", reverse("chat")
+
+
+@require_http_methods(["GET", "POST"])
+async def conversation_forget_form(request: HttpRequest, conversation_id: Any) -> HttpResponse:
+    """Forget: deletes the backend thread; the transcript stays."""
+    return await _confirm_then(
+        request, conversation_id, template="runs/forget_confirm.html", act=_forget
+    )
+
+
+@require_http_methods(["GET", "POST"])
+async def conversation_delete_form(request: HttpRequest, conversation_id: Any) -> HttpResponse:
+    """Delete: the transcript and the backend thread, for good."""
+    return await _confirm_then(
+        request, conversation_id, template="runs/delete_confirm.html", act=_delete
     )
 
 

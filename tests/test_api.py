@@ -154,7 +154,10 @@ def test_a_second_message_while_one_runs_is_409(client, backend_url):
         "busy",
     )
     error_of(post(client, f"/api/conversations/{conversation.pk}/forget/"), 409, "busy")
+    deleting = error_of(client.delete(f"/api/conversations/{conversation.pk}/"), 409, "busy")
+    assert "before deleting" in deleting
     assert not Message.objects.filter(text="again").exists()
+    assert Conversation.objects.filter(pk=conversation.pk).exists()
 
 
 def test_too_long_is_413_and_names_the_limit(client, settings, backend_url):
@@ -241,6 +244,44 @@ def test_forget_works_without_javascript(client, backend_url):
         in client.get(f"/c/{conversation.pk}/").content.decode()
     )
     assert Client().get(f"/c/{conversation.pk}/forget/").status_code == 404
+
+
+def test_delete_works_without_javascript_and_asks_first(client, backend_url):
+    client.post("/send/", {"text": "one", "memory": "on"})
+    conversation = Conversation.objects.get()
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert f'href="/c/{conversation.pk}/delete/"' in page
+    assert Client().get(f"/c/{conversation.pk}/delete/").status_code == 404, "not a stranger's"
+    assert Client().post(f"/c/{conversation.pk}/delete/").status_code == 404
+
+    confirm = client.get(f"/c/{conversation.pk}/delete/")
+    assert b"Delete this conversation?" in confirm.content
+    assert Conversation.objects.filter(pk=conversation.pk).exists(), "asking deletes nothing"
+
+    done = client.post(f"/c/{conversation.pk}/delete/", follow=True)
+    assert done.redirect_chain[-1][0] == "/"
+    page = done.content.decode()
+    assert "Deleted “one”." in page
+    assert f"/c/{conversation.pk}/" not in page, "gone from the list"
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    assert not Message.objects.filter(conversation_id=conversation.pk).exists()
+    assert thread_is_gone(conversation.thread_id)
+    assert client.get(f"/c/{conversation.pk}/").status_code == 404
+
+
+def test_delete_while_a_reply_streams_is_refused_and_keeps_everything(client, backend_url):
+    client.post("/send/", {"text": "one", "memory": "on"})
+    conversation = Conversation.objects.get()
+    running = Run.objects.create(
+        conversation=conversation, mode=Run.Mode.THREAD, status=Run.Status.STREAMING
+    )
+    Conversation.objects.filter(pk=conversation.pk).update(active_run=running)
+
+    refused = client.post(f"/c/{conversation.pk}/delete/", follow=True)
+    assert refused.redirect_chain[-1][0] == f"/c/{conversation.pk}/"
+    assert "before deleting" in refused.content.decode()
+    assert Message.objects.filter(conversation=conversation).count() == 2
+    assert not thread_is_gone(conversation.thread_id)
 
 
 def test_form_shows_errors_inline(client, closed_port_url):

@@ -377,6 +377,52 @@ def test_forget_asks_first_then_the_assistant_starts_counting_again(new_page, si
     expect(page.locator("#transcript li.message")).to_have_count(10)
 
 
+def test_delete_asks_first_and_the_other_tab_becomes_a_new_chat(new_context, site):
+    context = new_context()
+    first = context.new_page()
+    first.goto(site.url)
+    chat(first, "delete me", number=1, seen=1)
+    chat(first, "and me", number=2, seen=2)
+    second = context.new_page()
+    second.goto(first.url)
+    reply_is(second, 2, echo("and me", 2))
+    second.get_by_role("textbox", name="Message").fill("a draft")
+
+    delete = first.get_by_role("button", name="Delete")
+    delete.click()
+    dialog = first.get_by_role("dialog", name="Delete this conversation?")
+    expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    shot(first, "07a-delete-dialog")
+    dialog.get_by_role("button", name="Cancel").click()  # changing one's mind deletes nothing
+    expect(dialog).to_be_hidden()
+    first.reload()
+    reply_is(first, 2, echo("and me", 2))
+
+    delete.click()
+    dialog.get_by_role("button", name="Delete").click()
+    expect(first).to_have_url(f"{site.url}/")
+    expect(first.locator(".banner.success")).to_have_text("Deleted “delete me”.")
+    conversations = first.get_by_role("navigation", name="Conversations")
+    expect(conversations.get_by_role("link", name="delete me")).to_have_count(0)
+    expect(first.get_by_role("heading", level=1)).to_have_text("New chat")
+    shot(first, "07b-deleted")
+
+    # The other tab is told at once, and keeps what was being typed.
+    expect(second.locator("#banner")).to_contain_text("This conversation was deleted")
+    expect(second).to_have_url(f"{site.url}/")
+    expect(second.get_by_role("heading", level=1)).to_have_text("New chat")
+    expect(second.locator("#transcript li.message")).to_have_count(0)
+    listed = second.get_by_role("navigation", name="Conversations").get_by_role("link")
+    expect(listed).to_have_text([re.compile("New chat")])
+    expect(second.get_by_role("button", name="Delete")).to_be_disabled()
+    expect(message_box(second)).to_have_value("a draft")
+    shot(second, "07c-deleted-elsewhere")
+    message_box(second).press("Enter")
+    reply_is(second, 1, echo("a draft", 1))
+    expect(second).to_have_url(UUID_PATH)
+    expect(second.get_by_role("button", name="Delete")).to_be_enabled()
+
+
 def test_a_cut_websocket_reconnects_and_the_reply_completes(new_page, slow_site):
     page = new_page()
     # Keep a handle on the page's sockets, so the test can cut the connection mid-reply.

@@ -328,16 +328,32 @@ async def test_run_started_carries_the_senders_client_id(backend_url, socket_fac
     await socket.until_run_end()
 
 
-async def test_other_tabs_are_told_when_the_switch_flips_or_the_memory_is_forgotten(
-    backend_url, socket_factory
-):
+async def two_tabs_in_one_conversation(socket_factory, text: str):
+    """Two sockets of one visitor: the first chats (memory on), the second watches."""
     cookie = await database_sync_to_async(session_cookie_for)()
     first = await socket_factory(cookie)
     second = await socket_factory(cookie)
-    done = await first.chat("remember me", memory=True)
+    done = await first.chat(text, memory=True)
     conv = done["conversation"]
     await second.send({"type": "conversation.watch", "conversation": conv})
     await second.until("conversation.snapshot")
+    return cookie, first, second, conv
+
+
+def api_client_for(cookie: str):
+    """The JSON API as the visitor that `cookie` belongs to."""
+    from django.test import AsyncClient
+
+    api = AsyncClient()
+    name, _, value = cookie.partition("=")
+    api.cookies[name] = value
+    return api
+
+
+async def test_other_tabs_are_told_when_the_switch_flips_or_the_memory_is_forgotten(
+    backend_url, socket_factory
+):
+    _, first, second, conv = await two_tabs_in_one_conversation(socket_factory, "remember me")
 
     await first.send({"type": "conversation.memory", "conversation": conv, "enabled": False})
     answer, _ = await first.until("conversation.snapshot")
@@ -358,8 +374,6 @@ async def test_other_tabs_are_told_when_the_switch_flips_or_the_memory_is_forgot
 async def test_a_tab_is_told_when_the_api_or_a_reviewer_changes_its_conversation(
     backend_url, socket_factory
 ):
-    from django.test import AsyncClient
-
     from runs import services
 
     cookie = await database_sync_to_async(session_cookie_for)()
@@ -367,10 +381,7 @@ async def test_a_tab_is_told_when_the_api_or_a_reviewer_changes_its_conversation
     done = await socket.chat("remember me", memory=True)
     conv = done["conversation"]
 
-    api = AsyncClient()
-    name, _, value = cookie.partition("=")
-    api.cookies[name] = value
-    response = await api.post(
+    response = await api_client_for(cookie).post(
         f"/api/conversations/{conv}/memory/", {"enabled": False}, content_type="application/json"
     )
     assert response.status_code == 200, response.content
@@ -381,3 +392,24 @@ async def test_a_tab_is_told_when_the_api_or_a_reviewer_changes_its_conversation
     assert outcome.forgotten == [uuid.UUID(conv)]
     pushed, _ = await socket.until("conversation.snapshot")
     assert pushed["conversation"]["has_thread"] is False
+
+
+async def test_every_tab_watching_is_told_when_its_conversation_is_deleted(
+    backend_url, socket_factory
+):
+    cookie, first, second, conv = await two_tabs_in_one_conversation(
+        socket_factory, "delete me later"
+    )
+    response = await api_client_for(cookie).delete(f"/api/conversations/{conv}/")
+    assert response.status_code == 200, response.content
+
+    for socket in (first, second):
+        told, _ = await socket.until("conversation.deleted")
+        assert told == {"type": "conversation.deleted", "conversation": conv}
+    # A tab that did not hear of it and sends there anyway is told plainly.
+    await second.send(
+        {"type": "chat.send", "text": "still here?", "memory": True, "conversation": conv}
+    )
+    refused, _ = await second.until("error")
+    assert refused["code"] == "not_found"
+    assert not await Conversation.objects.filter(pk=conv).aexists()

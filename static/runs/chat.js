@@ -19,6 +19,9 @@ const memoryBox = $("memory");
 const memoryHelp = $("memory-help");
 const forgetButton = $("forget");
 const forgetDialog = $("forget-dialog");
+const deleteButton = $("delete");
+const deleteDialog = $("delete-dialog");
+const deleteForm = $("delete-form");
 const banner = $("banner");
 const bannerText = $("banner-text");
 const retryButton = $("retry");
@@ -297,6 +300,7 @@ function setConversation(conversation) {
   document.title = `${name} · Chat`;
   setMemory(conversation.memory);
   setHasThread(conversation.has_thread);
+  deleteButton.disabled = false;
   const path = `/c/${conversation.id}/`;
   if (location.pathname !== path) history.replaceState(null, "", path);
   let link = conversationList.querySelector(`a[data-conversation="${CSS.escape(conversation.id)}"]`);
@@ -320,6 +324,31 @@ function setHasThread(hasThread) {
   const hadFocus = document.activeElement === forgetButton;
   forgetButton.disabled = !hasThread;
   if (hadFocus && !hasThread) textBox.focus();
+}
+
+// Deleted (in this tab, another, or through the API): the page becomes a new chat, keeping
+// whatever is in the message box.
+function dropConversation(id) {
+  conversationList.querySelector(`a[data-conversation="${CSS.escape(id)}"]`)?.parentElement.remove();
+  if (!conversationList.children.length) conversationList.append(el("li", "empty-list", "No conversations yet."));
+  if (id !== state.conversation) return;
+  state.conversation = null;
+  state.activeRun = null;
+  state.activeMode = null;
+  state.lastSeq = 0;
+  state.lastFailed = null;
+  chat.dataset.conversation = "";
+  conversationField.value = "";
+  title.textContent = "New chat";
+  title.title = "New chat";
+  document.title = "Chat";
+  setHasThread(false);
+  deleteButton.disabled = true;
+  transcript.replaceChildren();
+  if (emptyState) transcript.append(emptyState.cloneNode(true));
+  history.replaceState(null, "", $("new-chat").getAttribute("href"));
+  showBanner("This conversation was deleted. What you send next starts a new chat.", "deleted");
+  setBusy();
 }
 
 // The conversation moves to the top of the list when something is said in it.
@@ -379,6 +408,9 @@ const handlers = {
     if (mine) scrollToEnd();
     announce("The assistant is answering.");
     setBusy();
+  },
+  "conversation.deleted"(frame) {
+    if (!state.leaving) dropConversation(frame.conversation);
   },
   "run.delta"(frame) {
     if (frame.run !== state.activeRun || frame.seq <= state.lastSeq) return;
@@ -502,7 +534,7 @@ function autosize() {
 textBox.addEventListener("input", autosize);
 
 document.addEventListener("keydown", (event) => {
-  if (event.key !== "Escape" || event.defaultPrevented || forgetDialog.open) return;
+  if (event.key !== "Escape" || event.defaultPrevented || forgetDialog.open || deleteDialog.open) return;
   if (document.body.classList.contains("sidebar-open")) {
     closeSidebar(true);
     event.preventDefault();
@@ -534,6 +566,18 @@ forgetDialog.addEventListener("close", () => {
   if (forgetDialog.returnValue !== "forget" || !state.conversation) return;
   if (send({ type: "conversation.forget", conversation: state.conversation })) state.forgetting = true;
   else showBanner("Not connected, so nothing was forgotten. Reconnecting…", "connection");
+});
+
+// Delete posts the dialog's form: the server deletes, then opens a new chat with a note.
+deleteButton.addEventListener("click", () => {
+  if (!state.conversation) return;
+  deleteForm.action = `/c/${state.conversation}/delete/`;
+  deleteDialog.showModal();
+});
+
+// This tab is on its way to the page the server answers with: the socket's news is stale.
+deleteForm.addEventListener("submit", (event) => {
+  if (event.submitter?.formMethod !== "dialog") state.leaving = true;
 });
 
 retryButton.addEventListener("click", () => {
