@@ -82,6 +82,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         _open_sockets[owner_key] += 1
         self.counted = True
+        await self.join(services.owner_group(self.owner))
         await services.relays_ensure()
 
     async def disconnect(self, code: int) -> None:
@@ -183,11 +184,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             frame["client_id"] = client_id
         await self.send_json(frame)
 
-    async def watch(self, conversation_id: uuid.UUID | str) -> None:
-        group = services.conversation_group(conversation_id)
+    async def join(self, group: str) -> None:
         if group not in self.groups_watched:
             await self.channel_layer.group_add(group, self.channel_name)
             self.groups_watched.add(group)
+
+    async def watch(self, conversation_id: uuid.UUID | str) -> None:
+        await self.join(services.conversation_group(conversation_id))
 
     async def on_chat_send(self, frame: dict[str, Any], client_id: str | None) -> None:
         conversation_id = _uuid_field(frame, "conversation", required=False)
@@ -257,6 +260,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["text"])
+
+    async def conversation_active(self, event: dict[str, Any]) -> None:
+        if event["group"] not in self.groups_watched:  # a watcher has `run.started` already
+            await self.send(text_data=event["text"])
 
     async def conversation_changed(self, event: dict[str, Any]) -> None:
         if event["origin"] == self.channel_name:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import secrets
@@ -68,6 +69,32 @@ MEMORY_LOST_NOTICE = (
 
 def conversation_group(conversation_id: uuid.UUID | str) -> str:
     return f"conversation.{uuid.UUID(str(conversation_id)).hex}"
+
+
+def owner_group(owner: Owner) -> str:
+    """The group of every socket one user or visitor has open: their conversation list. Hashed,
+    since a visitor's key is a secret and group names are limited."""
+    return f"owner.{hashlib.sha256(owner.identity.encode()).hexdigest()[:40]}"
+
+
+async def conversation_active_publish(*, owner: Owner, conversation: Conversation) -> None:
+    """Tells the owner's other sockets that something was just said in this conversation, so
+    their lists show it at the top (a new one appears). Sockets watching it skip the frame:
+    `run.started` told them already."""
+    conversation_id = str(conversation.id)
+    frame = {
+        "type": "conversation.active",
+        "conversation": conversation_id,
+        "title": conversation.title,
+    }
+    await get_channel_layer().group_send(
+        owner_group(owner),
+        {
+            "type": "conversation.active",
+            "group": conversation_group(conversation_id),
+            "text": orjson.dumps(frame).decode(),
+        },
+    )
 
 
 async def frame_publish(*, conversation_id: uuid.UUID | str, frame: dict[str, Any]) -> None:
@@ -259,7 +286,7 @@ async def chat_start(
     """Validates and saves the user's message and a pending run, before the backend is called."""
     cleaned = message_text_clean(text=text)
     relay_channel = await relays_ensure()
-    return await db_call(_chat_start)(
+    started = await db_call(_chat_start)(
         owner=owner,
         conversation_id=conversation_id,
         text=cleaned,
@@ -267,6 +294,8 @@ async def chat_start(
         client_id=client_id,
         relay_channel=relay_channel,
     )
+    await conversation_active_publish(owner=owner, conversation=started.conversation)
+    return started
 
 
 # The relay of a streamed run.
@@ -868,16 +897,17 @@ def _conversation_delete_rows(*, conversation_id: uuid.UUID) -> None:
 
 async def conversation_delete(*, owner: Owner, conversation_id: Any) -> Conversation:
     """Deletes the conversation, its transcript, and its backend thread, then tells every
-    socket watching it (the owner's other tabs) with `conversation.deleted`. If the backend
-    cannot be reached the conversation is kept, so no thread is left behind unseen."""
+    socket of the owner (`conversation.deleted`: its other tabs drop it from their lists, and
+    a tab showing it becomes a new chat). If the backend cannot be reached the conversation is
+    kept, so no thread is left behind unseen."""
     conversation = await db_call(_conversation_at_rest)(
         owner=owner, conversation_id=conversation_id, doing="deleting"
     )
     await _thread_forget(conversation)
     await db_call(_conversation_delete_rows)(conversation_id=conversation.id)
-    await frame_publish(
-        conversation_id=conversation.id,
-        frame={"type": "conversation.deleted", "conversation": str(conversation.id)},
+    frame = {"type": "conversation.deleted", "conversation": str(conversation.id)}
+    await get_channel_layer().group_send(
+        owner_group(owner), {"type": "chat.frame", "text": orjson.dumps(frame).decode()}
     )
     return conversation
 

@@ -377,11 +377,15 @@ def test_forget_asks_first_then_the_assistant_starts_counting_again(new_page, si
     expect(page.locator("#transcript li.message")).to_have_count(10)
 
 
-def test_delete_asks_first_and_the_other_tab_becomes_a_new_chat(new_context, site):
+def test_delete_asks_first_and_every_other_tab_follows(new_context, site):
     context = new_context()
+    elsewhere = context.new_page()  # a tab on a new chat, opened before the conversation
+    elsewhere.goto(site.url)
+    listed = elsewhere.get_by_role("navigation", name="Conversations").get_by_role("link")
     first = context.new_page()
     first.goto(site.url)
     chat(first, "delete me", number=1, seen=1)
+    expect(listed).to_have_text([re.compile("New chat"), "delete me"])
     chat(first, "and me", number=2, seen=2)
     second = context.new_page()
     second.goto(first.url)
@@ -416,11 +420,15 @@ def test_delete_asks_first_and_the_other_tab_becomes_a_new_chat(new_context, sit
     expect(listed).to_have_text([re.compile("New chat")])
     expect(second.get_by_role("button", name="Delete")).to_be_disabled()
     expect(message_box(second)).to_have_value("a draft")
+    # The tab that showed another page only loses the conversation from its list.
+    expect(listed).to_have_text([re.compile("New chat")])
+    expect(elsewhere.locator("#banner")).to_be_hidden()
     shot(second, "07c-deleted-elsewhere")
     message_box(second).press("Enter")
     reply_is(second, 1, echo("a draft", 1))
     expect(second).to_have_url(UUID_PATH)
     expect(second.get_by_role("button", name="Delete")).to_be_enabled()
+    expect(listed).to_have_text([re.compile("New chat"), "a draft"])
 
 
 def test_a_cut_websocket_reconnects_and_the_reply_completes(new_page, slow_site):

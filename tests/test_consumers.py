@@ -394,22 +394,37 @@ async def test_a_tab_is_told_when_the_api_or_a_reviewer_changes_its_conversation
     assert pushed["conversation"]["has_thread"] is False
 
 
-async def test_every_tab_watching_is_told_when_its_conversation_is_deleted(
+async def test_every_tab_of_the_owner_hears_of_new_and_deleted_conversations(
     backend_url, socket_factory
 ):
-    cookie, first, second, conv = await two_tabs_in_one_conversation(
-        socket_factory, "delete me later"
-    )
+    cookie = await database_sync_to_async(session_cookie_for)()
+    first = await socket_factory(cookie)
+    elsewhere = await socket_factory(cookie)  # another tab, on another page
+    stranger = await socket_factory(await database_sync_to_async(session_cookie_for)())
+    done = await first.chat("list me", memory=True)
+    conv = done["conversation"]
+    listed, _ = await elsewhere.until("conversation.active")
+    assert listed == {"type": "conversation.active", "conversation": conv, "title": "list me"}
+    watcher = await socket_factory(cookie)
+    await watcher.send({"type": "conversation.watch", "conversation": conv})
+    await watcher.until("conversation.snapshot")
+
+    await first.chat("again", memory=True, conversation=conv)
+    again, _ = await elsewhere.until("conversation.active")
+    assert again["conversation"] == conv
     response = await api_client_for(cookie).delete(f"/api/conversations/{conv}/")
     assert response.status_code == 200, response.content
-
-    for socket in (first, second):
-        told, _ = await socket.until("conversation.deleted")
+    for socket in (first, elsewhere, watcher):
+        told, seen = await socket.until("conversation.deleted")
         assert told == {"type": "conversation.deleted", "conversation": conv}
+        # Watching sockets had `run.started`; they are not told twice.
+        assert all(frame["type"] != "conversation.active" for frame in seen)
+    assert await stranger.communicator.receive_nothing(timeout=0.3)
+
     # A tab that did not hear of it and sends there anyway is told plainly.
-    await second.send(
+    await watcher.send(
         {"type": "chat.send", "text": "still here?", "memory": True, "conversation": conv}
     )
-    refused, _ = await second.until("error")
+    refused, _ = await watcher.until("error")
     assert refused["code"] == "not_found"
     assert not await Conversation.objects.filter(pk=conv).aexists()

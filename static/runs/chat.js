@@ -303,20 +303,26 @@ function setConversation(conversation) {
   deleteButton.disabled = false;
   const path = `/c/${conversation.id}/`;
   if (location.pathname !== path) history.replaceState(null, "", path);
-  let link = conversationList.querySelector(`a[data-conversation="${CSS.escape(conversation.id)}"]`);
+  const link = listConversation(conversation.id, conversation.title);
+  conversationList.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
+  link.setAttribute("aria-current", "page");
+}
+
+// The conversation's link in the list, added at the top if it is not there yet.
+function listConversation(id, name) {
+  let link = conversationList.querySelector(`a[data-conversation="${CSS.escape(id)}"]`);
   if (!link) {
     conversationList.querySelector(".empty-list")?.remove();
     const item = el("li");
     link = el("a");
-    link.href = path;
-    link.dataset.conversation = conversation.id;
+    link.href = `/c/${id}/`;
+    link.dataset.conversation = id;
     item.append(link);
     conversationList.prepend(item);
   }
-  link.textContent = conversation.title || "Untitled";
-  link.title = conversation.title || "Untitled";
-  conversationList.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
-  link.setAttribute("aria-current", "page");
+  link.textContent = name || "Untitled";
+  link.title = name || "Untitled";
+  return link;
 }
 
 function setHasThread(hasThread) {
@@ -326,8 +332,8 @@ function setHasThread(hasThread) {
   if (hadFocus && !hasThread) textBox.focus();
 }
 
-// Deleted (in this tab, another, or through the API): the page becomes a new chat, keeping
-// whatever is in the message box.
+// Deleted (in another tab, window or program): gone from the list; if this page shows it,
+// the page becomes a new chat, keeping whatever is in the message box.
 function dropConversation(id) {
   conversationList.querySelector(`a[data-conversation="${CSS.escape(id)}"]`)?.parentElement.remove();
   if (!conversationList.children.length) conversationList.append(el("li", "empty-list", "No conversations yet."));
@@ -408,6 +414,11 @@ const handlers = {
     if (mine) scrollToEnd();
     announce("The assistant is answering.");
     setBusy();
+  },
+  // Said in another tab, window or program: the conversation goes to the top of the list.
+  "conversation.active"(frame) {
+    listConversation(frame.conversation, frame.title);
+    bumpConversation(frame.conversation);
   },
   "conversation.deleted"(frame) {
     if (!state.leaving) dropConversation(frame.conversation);
