@@ -181,6 +181,7 @@ CHAT_MEMORY_DEFAULT = env.bool("CHAT_MEMORY_DEFAULT", default=True)
 CHAT_REQUIRE_LOGIN = env.bool("CHAT_REQUIRE_LOGIN", default=False)
 CHAT_RATE_LIMIT = env.int("CHAT_RATE_LIMIT", default=20)  # messages a minute per user/session
 CHAT_MAX_SOCKETS_PER_SESSION = env.int("CHAT_MAX_SOCKETS_PER_SESSION", default=10)
+CHAT_MAX_SOCKETS = env.int("CHAT_MAX_SOCKETS", default=2000)  # per process, all owners
 
 LOGGING = {
     "version": 1,

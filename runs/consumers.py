@@ -28,7 +28,7 @@ from runs.wire import json_object_parse
 logger = logging.getLogger(__name__)
 
 CLIENT_ID_MAX_CHARS = 64
-# Open sockets per user or visitor, in this process.
+# Open sockets per user or visitor, in this process (their total is capped too).
 _open_sockets: Counter[str] = Counter()
 
 
@@ -61,6 +61,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         if settings.CHAT_REQUIRE_LOGIN and not getattr(user, "is_authenticated", False):
             await self.close(code=4401)
+            return
+        if _open_sockets.total() >= settings.CHAT_MAX_SOCKETS:
+            # Refused before the session is read or saved: a flood of sockets costs no queries.
+            await self.accept()
+            await self.send_error(
+                RateLimited(
+                    "The server has too many open connections right now. Try again in a moment."
+                ),
+                client_id=None,
+            )
+            await self.close(code=1013)  # Try Again Later
             return
         # A program without a cookie gets a session of its own to own conversations.
         self.owner = await db_call(services.owner_for_session)(

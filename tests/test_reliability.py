@@ -460,6 +460,31 @@ async def test_open_sockets_per_session_are_capped(settings, socket_factory):
     await socket_factory(await database_sync_to_async(session_cookie_for)())
 
 
+async def test_open_sockets_per_process_are_capped(settings, socket_factory):
+    from django.contrib.sessions.models import Session
+
+    from runs.consumers import _open_sockets
+
+    settings.CHAT_MAX_SOCKETS = _open_sockets.total() + 2
+    first = await Socket().connect()
+    await socket_factory(await database_sync_to_async(session_cookie_for)())
+    sessions = await Session.objects.acount()
+    refused = Socket()  # a newcomer without a cookie
+    connected, _ = await refused.communicator.connect(timeout=5)
+    assert connected
+    error = await refused.receive()
+    assert error["code"] == "rate_limited" and "too many open connections" in error["message"]
+    assert await refused.communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 1013,
+    }
+    assert await Session.objects.acount() == sessions, "no session saved for a refused socket"
+    # A place frees up when a socket closes.
+    await first.close()
+    latecomer = await socket_factory()
+    assert await latecomer.communicator.receive_nothing(timeout=0.3), "not refused"
+
+
 # Security.
 
 
