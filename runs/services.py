@@ -97,12 +97,15 @@ async def conversation_active_publish(*, owner: Owner, conversation: Conversatio
     )
 
 
+def frame_message(frame: dict[str, Any]) -> dict[str, Any]:
+    """The channel-layer message that carries one protocol frame to a group's sockets, encoded
+    once for all of them (`ChatConsumer.chat_frame` sends it on as it is)."""
+    return {"type": "chat.frame", "text": orjson.dumps(frame).decode()}
+
+
 async def frame_publish(*, conversation_id: uuid.UUID | str, frame: dict[str, Any]) -> None:
-    """Sends one protocol frame to every socket watching the conversation, encoded once."""
-    await get_channel_layer().group_send(
-        conversation_group(conversation_id),
-        {"type": "chat.frame", "text": orjson.dumps(frame).decode()},
-    )
+    """Sends one protocol frame to every socket watching the conversation."""
+    await get_channel_layer().group_send(conversation_group(conversation_id), frame_message(frame))
 
 
 async def conversation_changed_publish(
@@ -364,7 +367,7 @@ class LiveRun:
         self.parts.append(text)
         self.seq += 1
         frame = {"type": "run.delta", "run": self.run_key, "seq": self.seq, "text": text}
-        message = {"type": "chat.frame", "text": orjson.dumps(frame).decode()}
+        message = frame_message(frame)
         if send_nowait is not None:
             send_nowait(self.group, message)
             return
@@ -905,9 +908,9 @@ async def conversation_delete(*, owner: Owner, conversation_id: Any) -> Conversa
     )
     await _thread_forget(conversation)
     await db_call(_conversation_delete_rows)(conversation_id=conversation.id)
-    frame = {"type": "conversation.deleted", "conversation": str(conversation.id)}
     await get_channel_layer().group_send(
-        owner_group(owner), {"type": "chat.frame", "text": orjson.dumps(frame).decode()}
+        owner_group(owner),
+        frame_message({"type": "conversation.deleted", "conversation": str(conversation.id)}),
     )
     return conversation
 

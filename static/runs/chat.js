@@ -308,9 +308,13 @@ function setConversation(conversation) {
   link.setAttribute("aria-current", "page");
 }
 
+function conversationLink(id) {
+  return conversationList.querySelector(`a[data-conversation="${CSS.escape(id)}"]`);
+}
+
 // The conversation's link in the list, added at the top if it is not there yet.
 function listConversation(id, name) {
-  let link = conversationList.querySelector(`a[data-conversation="${CSS.escape(id)}"]`);
+  let link = conversationLink(id);
   if (!link) {
     conversationList.querySelector(".empty-list")?.remove();
     const item = el("li");
@@ -335,7 +339,7 @@ function setHasThread(hasThread) {
 // Deleted (in another tab, window or program): gone from the list; if this page shows it,
 // the page becomes a new chat, keeping whatever is in the message box.
 function dropConversation(id) {
-  conversationList.querySelector(`a[data-conversation="${CSS.escape(id)}"]`)?.parentElement.remove();
+  conversationLink(id)?.parentElement.remove();
   if (!conversationList.children.length) conversationList.append(el("li", "empty-list", "No conversations yet."));
   if (id !== state.conversation) return;
   state.conversation = null;
@@ -359,7 +363,7 @@ function dropConversation(id) {
 
 // The conversation moves to the top of the list when something is said in it.
 function bumpConversation(id) {
-  const link = conversationList.querySelector(`a[data-conversation="${CSS.escape(id)}"]`);
+  const link = conversationLink(id);
   if (link && link.parentElement !== conversationList.firstElementChild) conversationList.prepend(link.parentElement);
 }
 
