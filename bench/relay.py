@@ -182,12 +182,16 @@ class Reply:
     ttft: float | None = None  # seconds from send to the first token
     total: float | None = None  # seconds from send to the end of the reply
     tokens: int = 0
+    frames: int = 0  # SSE events or websocket frames that carried tokens
     latencies: list[float] = field(default_factory=list)  # arrival minus stamp, per token
 
     def take(self, text: str, *, arrived: float, elapsed: float) -> None:
         stamps = STAMP.findall(text)
-        if stamps and self.ttft is None:
+        if not stamps:
+            return
+        if self.ttft is None:
             self.ttft = elapsed
+        self.frames += 1
         self.tokens += len(stamps)
         self.latencies.extend(arrived - float(stamp) for stamp in stamps)
 
@@ -553,6 +557,7 @@ def summarize(result: ModeResult) -> dict[str, Any]:
     total = [r.total for r in ok if r.total is not None]
     latencies = [lat for r in replies for lat in r.latencies]
     tokens = sum(r.tokens for r in replies)
+    frames = sum(r.frames for r in replies)
     wall = sum(round_["wall_s"] for round_ in result.rounds)
     daphne_cpu = sum(round_["daphne_cpu_s"] for round_ in result.rounds)
     backend_cpu = sum(round_["backend_cpu_s"] for round_ in result.rounds)
@@ -571,6 +576,7 @@ def summarize(result: ModeResult) -> dict[str, Any]:
         "errors": len(replies) - len(ok),
         "error_kinds": errors,
         "tokens": tokens,
+        "tokens_per_frame": round(tokens / frames, 2) if frames else None,
         "wall_s": round(wall, 3),
         "ttft_ms": {f"p{q}": ms(percentile(ttft, q)) for q in (50, 95, 99)},
         "reply_ms": {f"p{q}": ms(percentile(total, q)) for q in (50, 95, 99)},

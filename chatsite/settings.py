@@ -182,6 +182,10 @@ CHAT_REQUIRE_LOGIN = env.bool("CHAT_REQUIRE_LOGIN", default=False)
 CHAT_RATE_LIMIT = env.int("CHAT_RATE_LIMIT", default=20)  # messages a minute per user/session
 CHAT_MAX_SOCKETS_PER_SESSION = env.int("CHAT_MAX_SOCKETS_PER_SESSION", default=10)
 CHAT_MAX_SOCKETS = env.int("CHAT_MAX_SOCKETS", default=2000)  # per process, all owners
+# Under load, a reply's deltas after its first go out at most every CHAT_BATCH_DELTAS_MS (0: never
+# batched), while the process relays at least CHAT_BATCH_DELTAS_FROM replies.
+CHAT_BATCH_DELTAS_FROM = env.int("CHAT_BATCH_DELTAS_FROM", default=20)
+CHAT_BATCH_DELTAS_MS = env.int("CHAT_BATCH_DELTAS_MS", default=100)
 
 LOGGING = {
     "version": 1,

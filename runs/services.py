@@ -15,6 +15,7 @@ import hashlib
 import logging
 import re
 import secrets
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import aclosing
@@ -308,10 +309,13 @@ async def chat_start(
 class LiveRun:
     """A run this process is relaying: the reply so far, for snapshots and for the final save.
 
-    Deltas are coalesced without ever waiting: a token is published on the event loop's next
-    turn, together with whatever else arrived in the same network read. At low load that is
-    one frame per token; under load fewer, larger frames, so the relay keeps up. On a networked
-    layer (Redis) tokens that arrive while a send is in flight also join the next frame.
+    A token is published on the event loop's next turn, together with whatever else arrived in
+    the same network read: at low load one frame per token. While this process relays at least
+    CHAT_BATCH_DELTAS_FROM replies, a reply's frames after its first go out at most every
+    CHAT_BATCH_DELTAS_MS, each carrying every token that came meanwhile: one frame, one send
+    per socket and one client wakeup for several tokens is what keeps a busy process's CPU for
+    the replies, and the first token still goes out at once. On a networked layer (Redis)
+    tokens that arrive while a send is in flight also join the next frame.
     """
 
     run_id: uuid.UUID
@@ -331,13 +335,19 @@ class LiveRun:
     marking: asyncio.Future | None = None
     flush_handle: asyncio.Handle | None = None
     publishing: asyncio.Future | None = None
+    published_at: float = float("-inf")  # the event loop's clock at the last frame
     # Worked out once, not per delta.
     group: str = field(init=False)
     run_key: str = field(init=False)
+    batch_from: int = field(init=False)
+    batch_seconds: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.group = conversation_group(self.conversation_id)
         self.run_key = str(self.run_id)
+        self.batch_seconds = max(settings.CHAT_BATCH_DELTAS_MS, 0) / 1000
+        # Batching off is a threshold no process reaches.
+        self.batch_from = settings.CHAT_BATCH_DELTAS_FROM if self.batch_seconds else sys.maxsize
 
     @property
     def text(self) -> str:
@@ -345,8 +355,16 @@ class LiveRun:
 
     def delta_add(self, text: str) -> None:
         self.pending.append(text)
-        if self.flush_handle is None:
-            self.flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+        if self.flush_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if len(LIVE_RUNS) >= self.batch_from:
+            # Never due before the first frame: the first token does not wait.
+            due = self.published_at + self.batch_seconds
+            if due > loop.time():
+                self.flush_handle = loop.call_at(due, self.flush)
+                return
+        self.flush_handle = loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Publishes the pending text as one `run.delta`."""
@@ -366,6 +384,7 @@ class LiveRun:
         self.pending.clear()
         self.parts.append(text)
         self.seq += 1
+        self.published_at = asyncio.get_running_loop().time()
         frame = {"type": "run.delta", "run": self.run_key, "seq": self.seq, "text": text}
         message = frame_message(frame)
         if send_nowait is not None:

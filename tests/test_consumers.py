@@ -8,6 +8,7 @@ import uuid
 import pytest
 from channels.db import database_sync_to_async
 
+from runs import services
 from runs.backend import get_backend
 from runs.exceptions import ThreadNotFound
 from runs.models import Conversation, Message, Run
@@ -181,11 +182,11 @@ async def test_run_finishes_and_is_saved_after_the_last_socket_closes(
     await socket.until("run.delta")
     await socket.close()
 
-    for _ in range(100):
-        run = await Run.objects.aget(pk=started["run"])
-        if not run.is_active:
-            break
-        await asyncio.sleep(0.1)
+    # The relay runs on in this process: wait for its task, not for a guessed time.
+    live = services.LIVE_RUNS.get(uuid.UUID(started["run"]))
+    assert live is not None, "the relay stopped with its last socket"
+    await asyncio.wait_for(asyncio.shield(live.task), timeout=120)
+    run = await Run.objects.aget(pk=started["run"])
     assert run.status == Run.Status.COMPLETED
     reply = await Message.objects.aget(run=run, role="assistant")
     assert reply.text.endswith("w59")
@@ -196,6 +197,33 @@ async def test_run_finishes_and_is_saved_after_the_last_socket_closes(
     await again.send({"type": "conversation.watch", "conversation": started["conversation"]})
     refused, _ = await again.until("error")
     assert refused["code"] == "not_found"
+
+
+async def test_under_load_each_frame_carries_several_tokens_and_the_first_goes_at_once(
+    slow_backend_url, socket_factory, settings
+):
+    """Batching deltas saves a busy process a send per token, and loses nothing."""
+    settings.CHAT_BATCH_DELTAS_FROM = 2
+    settings.CHAT_BATCH_DELTAS_MS = 300
+
+    async def reply(socket, text: str) -> tuple[list[dict], dict]:
+        await socket.send({"type": "chat.send", "text": text, "memory": False})
+        final, frames = await socket.until_run_end()
+        return [frame for frame in frames if frame["type"] == "run.delta"], final
+
+    alone = await socket_factory()
+    deltas, final = await reply(alone, "alone")
+    # One reply is not load: a frame per token, as it comes.
+    tokens = final["message"]["text"].split()
+    assert len(deltas) == len(tokens)
+
+    first, second = await socket_factory(), await socket_factory()
+    for deltas, final in await asyncio.gather(reply(first, "one"), reply(second, "two")):
+        assert final["type"] == "run.completed"
+        assert "".join(delta["text"] for delta in deltas) == final["message"]["text"]
+        assert [delta["seq"] for delta in deltas] == list(range(1, len(deltas) + 1))
+        assert len(deltas[0]["text"].split()) == 1
+        assert len(deltas) < len(tokens) / 3, [delta["text"] for delta in deltas]
 
 
 async def test_a_stranger_cannot_watch_cancel_or_send_into_a_conversation(
