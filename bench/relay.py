@@ -183,6 +183,7 @@ class Reply:
     total: float | None = None  # seconds from send to the end of the reply
     tokens: int = 0
     frames: int = 0  # SSE events or websocket frames that carried tokens
+    stage: str = "nothing back yet"  # how far it got, for a reply that times out
     latencies: list[float] = field(default_factory=list)  # arrival minus stamp, per token
 
     def take(self, text: str, *, arrived: float, elapsed: float) -> None:
@@ -246,8 +247,7 @@ class DirectUser:
             body["multitask_strategy"] = "reject"
         return body
 
-    async def send(self, *, expected_tokens: int) -> Reply:
-        reply = Reply()
+    async def send(self, *, expected_tokens: int, reply: Reply) -> Reply:
         path = (
             "/runs/stream" if self.thread_id is None else f"/threads/{self.thread_id}/runs/stream"
         )
@@ -257,6 +257,7 @@ class DirectUser:
                 await source.response.aread()
                 reply.error = f"http {source.response.status_code}"
                 return reply
+            reply.stage = "streaming"
             async for sse in source.aiter_sse():
                 event = sse.event
                 if event == "messages":
@@ -302,9 +303,8 @@ class RelayUser:
             with contextlib.suppress(Exception):
                 await self.ws.close()
 
-    async def send(self, *, expected_tokens: int) -> Reply:
+    async def send(self, *, expected_tokens: int, reply: Reply) -> Reply:
         assert self.ws is not None
-        reply = Reply()
         client_id = uuid.uuid4().hex[:16]
         frame = {
             "type": "chat.send",
@@ -332,6 +332,7 @@ class RelayUser:
                 reply.take(message.get("text") or "", arrived=arrived, elapsed=elapsed)
             elif kind == "run.started":
                 if message.get("client_id") == client_id:
+                    reply.stage = "after run.started"
                     run = message.get("run")
                     self.conversation = message.get("conversation")
             elif kind == "run.completed":
@@ -489,12 +490,14 @@ class ModeResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def bounded(coro: Any, timeout: float) -> Reply:
+async def bounded(user: DirectUser | RelayUser, *, expected_tokens: int, timeout: float) -> Reply:
+    progress = Reply()
     try:
         async with asyncio.timeout(timeout):
-            return await coro
+            return await user.send(expected_tokens=expected_tokens, reply=progress)
     except TimeoutError:
-        return Reply(error="timeout")
+        # Counted as nothing received, as before; the error says how far it got.
+        return Reply(error=f"timeout ({progress.stage}, {progress.tokens} tokens)")
     except Exception as exc:  # one user's failure is a figure, not the end of the run
         return Reply(error=f"{type(exc).__name__}: {str(exc)[:120]}")
 
@@ -503,7 +506,7 @@ async def user_round(user: DirectUser | RelayUser, *, count: int, args: argparse
     replies = []
     for _ in range(count):
         replies.append(
-            await bounded(user.send(expected_tokens=args.reply_tokens), args.reply_timeout)
+            await bounded(user, expected_tokens=args.reply_tokens, timeout=args.reply_timeout)
         )
     return replies
 
