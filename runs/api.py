@@ -133,12 +133,20 @@ def _conversation_detail(*, owner: Owner, conversation_id: uuid.UUID) -> dict[st
     }
 
 
-@require_http_methods(["GET", "DELETE"])
+@require_http_methods(["GET", "PATCH", "DELETE"])
 @ensure_csrf_cookie
 @api_view
 async def conversation(
     request: HttpRequest, owner: Owner, conversation_id: uuid.UUID
 ) -> JsonResponse:
+    if request.method == "PATCH":
+        body = json_body(request)
+        if set(body) - {"title"}:
+            raise InvalidRequest("Only `title` can be changed.")
+        renamed = await services.conversation_rename(
+            owner=owner, conversation_id=conversation_id, title=body.get("title")
+        )
+        return JsonResponse(conversation_to_dict(renamed))
     if request.method == "DELETE":
         await services.conversation_delete(owner=owner, conversation_id=conversation_id)
         return JsonResponse({"deleted": str(conversation_id)})

@@ -259,12 +259,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await services.conversation_snapshot(owner=self.owner, conversation_id=conversation_id)
         )
 
+    async def on_conversation_rename(self, frame: dict[str, Any], client_id: str | None) -> None:
+        conversation_id = _uuid_field(frame, "conversation")
+        # Answered through the owner's group: `conversation.renamed` reaches this socket too.
+        await services.conversation_rename(
+            owner=self.owner, conversation_id=conversation_id, title=frame.get("title")
+        )
+
     FRAME_HANDLERS = {
         "chat.send": on_chat_send,
         "chat.cancel": on_chat_cancel,
         "conversation.watch": on_conversation_watch,
         "conversation.memory": on_conversation_memory,
         "conversation.forget": on_conversation_forget,
+        "conversation.rename": on_conversation_rename,
     }
 
     # Frames from the conversation groups.

@@ -173,6 +173,27 @@ def message_text_clean(*, text: Any) -> str:
     return cleaned
 
 
+def conversation_title_clean(*, title: Any) -> str:
+    """A title as the user typed it, on one line, or a clear refusal."""
+    if not isinstance(title, str):
+        raise InvalidRequest("`title` is required and must be a string.")
+    cleaned = re.sub(r"\s+", " ", title).strip()
+    if not cleaned:
+        raise InvalidRequest("A title cannot be blank.")
+    if "\x00" in cleaned:
+        raise InvalidRequest("`title` must not contain NUL characters.")
+    try:
+        cleaned.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("`title` must be valid Unicode (it has a lone surrogate).") from None
+    limit = Conversation._meta.get_field("title").max_length
+    if len(cleaned) > limit:
+        raise InvalidRequest(
+            f"A title can be at most {limit} characters; this one has {len(cleaned):,}."
+        )
+    return cleaned
+
+
 def _title_from(text: str) -> str:
     title = re.sub(r"\s+", " ", text).strip()
     return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1].rstrip() + "…"
@@ -930,6 +951,31 @@ async def conversation_delete(*, owner: Owner, conversation_id: Any) -> Conversa
     await get_channel_layer().group_send(
         owner_group(owner),
         frame_message({"type": "conversation.deleted", "conversation": str(conversation.id)}),
+    )
+    return conversation
+
+
+def _conversation_rename(*, owner: Owner, conversation_id: Any, title: str) -> Conversation:
+    conversation = conversation_get(owner=owner, conversation_id=conversation_id)
+    # `updated_at` stays: a new name is not news, so the list keeps its order.
+    Conversation.objects.filter(pk=conversation.pk).update(title=title)
+    conversation.title = title
+    return conversation
+
+
+async def conversation_rename(*, owner: Owner, conversation_id: Any, title: Any) -> Conversation:
+    """Names the conversation, then tells every socket of the owner (`conversation.renamed`),
+    this one's tabs included, so lists and headers show the new name. Allowed while a reply
+    streams: a run never changes a title once it has one."""
+    cleaned = conversation_title_clean(title=title)
+    conversation = await db_call(_conversation_rename)(
+        owner=owner, conversation_id=conversation_id, title=cleaned
+    )
+    await get_channel_layer().group_send(
+        owner_group(owner),
+        frame_message(
+            {"type": "conversation.renamed", "conversation": str(conversation.id), "title": cleaned}
+        ),
     )
     return conversation
 

@@ -16,6 +16,11 @@ urlpatterns = [
         views.conversation_delete_form,
         name="conversation_delete",
     ),
+    path(
+        "c/<uuid:conversation_id>/rename/",
+        views.conversation_rename_form,
+        name="conversation_rename",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("api/chat/", api.chat, name="api_chat"),
     path("api/conversations/", api.conversations, name="api_conversations"),

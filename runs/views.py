@@ -163,6 +163,37 @@ async def conversation_delete_form(request: HttpRequest, conversation_id: Any) -
     )
 
 
+@require_http_methods(["GET", "POST"])
+async def conversation_rename_form(request: HttpRequest, conversation_id: Any) -> HttpResponse:
+    """Rename without JavaScript: a form with the current name; a refused name is shown again
+    with the reason, as typed."""
+    user = await request.auser()
+    if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
+        return redirect(reverse("login"))
+    owner = await aowner_of(request)
+    try:
+        conversation = await sync_to_async(conversation_get)(
+            owner=owner, conversation_id=conversation_id
+        )
+    except NotFound:
+        return await sync_to_async(render)(request, "runs/not_found.html", status=404)
+    context: dict[str, Any] = {"conversation": conversation, "title": conversation.title}
+    if request.method == "POST":
+        context["title"] = typed = request.POST.get("title", "")
+        try:
+            renamed = await services.conversation_rename(
+                owner=owner, conversation_id=conversation.id, title=typed
+            )
+        except ChatError as exc:
+            context["error"] = exc.message
+            return await sync_to_async(render)(
+                request, "runs/rename.html", context, status=404 if exc.code == "not_found" else 400
+            )
+        await sync_to_async(flash.success)(request, f"Renamed to “{renamed.title}”.")
+        return redirect(reverse("conversation", args=[conversation.id]))
+    return await sync_to_async(render)(request, "runs/rename.html", context)
+
+
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
     def database_ok() -> bool:

@@ -269,6 +269,52 @@ def test_delete_works_without_javascript_and_asks_first(client, backend_url):
     assert client.get(f"/c/{conversation.pk}/").status_code == 404
 
 
+def test_api_renames_a_conversation_and_refuses_what_it_cannot(client, backend_url):
+    conv = say(client, "first words", memory=False)["conversation"]
+    path = f"/api/conversations/{conv}/"
+
+    def patch(body, on=client):
+        return on.patch(path, body, content_type="application/json")
+
+    renamed = patch({"title": "  Holiday plans "})
+    assert renamed.status_code == 200, renamed.content
+    assert renamed.json()["title"] == "Holiday plans"
+    assert client.get(path).json()["title"] == "Holiday plans"
+    for body, message in [
+        ({"title": ""}, "A title cannot be blank."),
+        ({"title": "x" * 201}, "A title can be at most 200 characters; this one has 201."),
+        ({"title": "ok", "memory": False}, "Only `title` can be changed."),
+        ({}, "`title` is required and must be a string."),
+    ]:
+        refused = patch(body)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == {"code": "invalid_frame", "message": message}
+    assert patch({"title": "mine now"}, on=Client()).status_code == 404, "not a stranger's"
+    assert Conversation.objects.get(pk=conv).title == "Holiday plans"
+
+
+def test_rename_works_without_javascript_and_keeps_what_was_typed(client, backend_url):
+    client.post("/send/", {"text": "one", "memory": "on"})
+    conversation = Conversation.objects.get()
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert f'href="/c/{conversation.pk}/rename/"' in page
+    assert Client().get(f"/c/{conversation.pk}/rename/").status_code == 404, "not a stranger's"
+
+    form = client.get(f"/c/{conversation.pk}/rename/").content.decode()
+    assert 'value="one"' in form
+    refused = client.post(f"/c/{conversation.pk}/rename/", {"title": "y" * 201})
+    assert refused.status_code == 400
+    assert "at most 200 characters; this one has 201" in refused.content.decode()
+    assert f'value="{"y" * 201}"' in refused.content.decode(), "what was typed is kept"
+    assert Conversation.objects.get().title == "one"
+
+    done = client.post(f"/c/{conversation.pk}/rename/", {"title": "Numbers"}, follow=True)
+    assert done.redirect_chain[-1][0] == f"/c/{conversation.pk}/"
+    page = done.content.decode()
+    assert "Renamed to “Numbers”." in page
+    assert "<title>Numbers · Chat</title>" in page
+
+
 def test_delete_while_a_reply_streams_is_refused_and_keeps_everything(client, backend_url):
     client.post("/send/", {"text": "one", "memory": "on"})
     conversation = Conversation.objects.get()
@@ -336,6 +382,10 @@ def test_ownership_matrix(people, backend_url, owner_name):
         ):
             assert post(other, path, body).status_code == 404, (name, path)
         assert other.delete(f"/api/conversations/{conv}/").status_code == 404, name
+        renamed = other.patch(
+            f"/api/conversations/{conv}/", {"title": "intruded"}, content_type="application/json"
+        )
+        assert renamed.status_code == 404, name
         response = other.post("/send/", {"text": "intrude", "memory": "on", "conversation": conv})
         assert response.status_code == 404, name
 
@@ -345,6 +395,7 @@ def test_ownership_matrix(people, backend_url, owner_name):
             for frame in (
                 {"type": "conversation.watch", "conversation": conv},
                 {"type": "conversation.forget", "conversation": conv},
+                {"type": "conversation.rename", "conversation": conv, "title": "intruded"},
                 {"type": "chat.cancel", "run": done["run"]},
                 {"type": "chat.send", "text": "x", "memory": True, "conversation": conv},
             ):
@@ -353,10 +404,11 @@ def test_ownership_matrix(people, backend_url, owner_name):
             await socket.close()
             return codes
 
-        assert async_to_sync(over_websocket)(cookie_of(other)) == ["not_found"] * 4, name
+        assert async_to_sync(over_websocket)(cookie_of(other)) == ["not_found"] * 5, name
 
     saved = Conversation.objects.get(pk=conv)
     assert saved.memory is True and saved.thread_id
+    assert saved.title == "mine"
     assert not Message.objects.filter(text="intrude").exists()
 
 

@@ -431,6 +431,48 @@ def test_delete_asks_first_and_every_other_tab_follows(new_context, site):
     expect(listed).to_have_text([re.compile("New chat"), "a draft"])
 
 
+def test_rename_shows_in_every_tab_and_keeps_the_list_order(new_context, site):
+    context = new_context()
+    first = context.new_page()
+    first.goto(site.url)
+    chat(first, "older one", number=1, seen=1)
+    older = first.url
+    first.goto(site.url)
+    chat(first, "newer one", number=1, seen=1)
+    second = context.new_page()
+    second.goto(older)
+    reply_is(second, 1, echo("older one", 1))
+    listed = second.get_by_role("navigation", name="Conversations").get_by_role("link")
+    expect(listed).to_have_text([re.compile("New chat"), "newer one", "older one"])
+
+    rename = second.get_by_role("button", name="Rename", exact=True)
+    rename.click()
+    dialog = second.get_by_role("dialog", name="Rename this conversation")
+    name = dialog.get_by_role("textbox", name="Name")
+    expect(name).to_have_value("older one")
+    name.fill("never mind")
+    dialog.get_by_role("button", name="Cancel").click()  # changing one's mind renames nothing
+    expect(dialog).to_be_hidden()
+    expect(second.get_by_role("heading", level=1)).to_have_text("older one")
+
+    rename.click()
+    expect(name).to_have_value("older one")
+    name.fill("Older, renamed")
+    shot(second, "07d-rename-dialog")
+    name.press("Enter")
+    expect(dialog).to_be_hidden()
+    expect(second.locator("#toast")).to_have_text("Renamed.")
+    expect(second.get_by_role("heading", level=1)).to_have_text("Older, renamed")
+    expect(second).to_have_title("Older, renamed · Chat")
+    expect(listed).to_have_text([re.compile("New chat"), "newer one", "Older, renamed"])
+    # The other tab shows another conversation: only its list changes.
+    others = first.get_by_role("navigation", name="Conversations").get_by_role("link")
+    expect(others).to_have_text([re.compile("New chat"), "newer one", "Older, renamed"])
+    expect(first.get_by_role("heading", level=1)).to_have_text("newer one")
+    second.reload()
+    expect(second.get_by_role("heading", level=1)).to_have_text("Older, renamed")
+
+
 def test_a_cut_websocket_reconnects_and_the_reply_completes(new_page, slow_site):
     page = new_page()
     # Keep a handle on the page's sockets, so the test can cut the connection mid-reply.

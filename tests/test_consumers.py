@@ -237,6 +237,7 @@ async def test_a_stranger_cannot_watch_cancel_or_send_into_a_conversation(
         {"type": "conversation.watch", "conversation": conv},
         {"type": "conversation.memory", "conversation": conv, "enabled": False},
         {"type": "conversation.forget", "conversation": conv},
+        {"type": "conversation.rename", "conversation": conv, "title": "mine"},
         {"type": "chat.send", "text": "hi", "memory": True, "conversation": conv},
         {"type": "chat.cancel", "run": done["run"]},
         {"type": "conversation.watch", "conversation": str(uuid.uuid4())},
@@ -376,6 +377,38 @@ def api_client_for(cookie: str):
     name, _, value = cookie.partition("=")
     api.cookies[name] = value
     return api
+
+
+async def test_a_rename_reaches_every_tab_of_the_owner_and_keeps_the_list_order(
+    backend_url, socket_factory
+):
+    cookie, first, second, conv = await two_tabs_in_one_conversation(socket_factory, "older")
+    elsewhere = await socket_factory(cookie)  # another tab, showing no conversation
+    stranger = await socket_factory(await database_sync_to_async(session_cookie_for)())
+    newer = await first.chat("newer", memory=False)
+    before = await conversation(conv)
+
+    await first.send(
+        {"type": "conversation.rename", "conversation": conv, "title": " Trip\nplans "}
+    )
+    for socket in (first, second, elsewhere):
+        told, _ = await socket.until("conversation.renamed")
+        assert told == {"type": "conversation.renamed", "conversation": conv, "title": "Trip plans"}
+    assert await stranger.communicator.receive_nothing(timeout=0.3)
+    after = await conversation(conv)
+    assert after.title == "Trip plans"
+    assert after.updated_at == before.updated_at, "a new name does not move it up the list"
+    listing = await api_client_for(cookie).get("/api/conversations/")
+    assert [row["id"] for row in listing.json()["conversations"]] == [newer["conversation"], conv]
+
+    # Refusals are answered, and change nothing.
+    await first.send({"type": "conversation.rename", "conversation": conv, "title": "   "})
+    blank, _ = await first.until("error")
+    assert (blank["code"], blank["message"]) == ("invalid_frame", "A title cannot be blank.")
+    await stranger.send({"type": "conversation.rename", "conversation": conv, "title": "mine"})
+    refused, _ = await stranger.until("error")
+    assert refused["code"] == "not_found"
+    assert (await conversation(conv)).title == "Trip plans"
 
 
 async def test_other_tabs_are_told_when_the_switch_flips_or_the_memory_is_forgotten(

@@ -254,7 +254,8 @@ def expected_code(raw: str) -> str | None:
         return "invalid_frame"
     if kind != "chat.send":
         return "unknown_type" if kind not in {
-            "chat.cancel", "conversation.watch", "conversation.memory", "conversation.forget"
+            "chat.cancel", "conversation.watch", "conversation.memory", "conversation.forget",
+            "conversation.rename",
         } else "skip"  # fmt: skip
     conversation = frame.get("conversation")
     if conversation is not None:

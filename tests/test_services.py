@@ -53,6 +53,21 @@ def test_text_is_trimmed_and_limited(settings):
         services.message_text_clean(text="hello!")
 
 
+def test_titles_are_put_on_one_line_and_checked():
+    assert services.conversation_title_clean(title="  Trip\n\n plans \t") == "Trip plans"
+    assert services.conversation_title_clean(title="é" * 200) == "é" * 200
+    for title, reason in [
+        (None, "`title` is required"),
+        (7, "`title` is required"),
+        (" \n ", "cannot be blank"),
+        ("a\x00b", "NUL"),
+        ("\ud800", "lone surrogate"),
+        ("x" * 201, "at most 200 characters; this one has 201"),
+    ]:
+        with pytest.raises(InvalidRequest, match=reason):
+            services.conversation_title_clean(title=title)
+
+
 async def test_the_users_message_is_saved_before_the_backend_is_called(closed_port_url):
     started = await services.chat_start(
         owner=VISITOR, conversation_id=None, text="  first words  ", memory=True

@@ -22,6 +22,9 @@ const forgetDialog = $("forget-dialog");
 const deleteButton = $("delete");
 const deleteDialog = $("delete-dialog");
 const deleteForm = $("delete-form");
+const renameButton = $("rename");
+const renameDialog = $("rename-dialog");
+const renameInput = $("rename-input");
 const banner = $("banner");
 const bannerText = $("banner-text");
 const retryButton = $("retry");
@@ -49,6 +52,7 @@ const state = {
   mine: new Map(), // run id -> {text, memory}: the runs this tab started, for Retry
   lastFailed: null, // {text, memory}: what Retry sends again
   forgetting: false,
+  renaming: null, // the conversation this tab asked to rename, for its "Renamed." note
   socket: null,
   retryDelay: 500,
   reconnectTimer: null,
@@ -294,18 +298,23 @@ function setConversation(conversation) {
   state.conversation = conversation.id;
   chat.dataset.conversation = conversation.id;
   conversationField.value = conversation.id;
-  const name = conversation.title || "Conversation";
-  title.textContent = name;
-  title.title = name;
-  document.title = `${name} · Chat`;
+  showTitle(conversation.title);
   setMemory(conversation.memory);
   setHasThread(conversation.has_thread);
   deleteButton.disabled = false;
+  renameButton.disabled = false;
   const path = `/c/${conversation.id}/`;
   if (location.pathname !== path) history.replaceState(null, "", path);
   const link = listConversation(conversation.id, conversation.title);
   conversationList.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
   link.setAttribute("aria-current", "page");
+}
+
+function showTitle(name) {
+  const shown = name || "Conversation";
+  title.textContent = shown;
+  title.title = shown;
+  document.title = `${shown} · Chat`;
 }
 
 function conversationLink(id) {
@@ -354,6 +363,8 @@ function dropConversation(id) {
   document.title = "Chat";
   setHasThread(false);
   deleteButton.disabled = true;
+  renameButton.disabled = true;
+  if (renameDialog.open) renameDialog.close();
   transcript.replaceChildren();
   if (emptyState) transcript.append(emptyState.cloneNode(true));
   history.replaceState(null, "", $("new-chat").getAttribute("href"));
@@ -424,6 +435,20 @@ const handlers = {
     listConversation(frame.conversation, frame.title);
     bumpConversation(frame.conversation);
   },
+  // Renamed here or anywhere else: the list keeps its order, only the name changes.
+  "conversation.renamed"(frame) {
+    const link = conversationLink(frame.conversation);
+    if (link) {
+      link.textContent = frame.title;
+      link.title = frame.title;
+    }
+    if (frame.conversation !== state.conversation) return;
+    showTitle(frame.title);
+    if (state.renaming === frame.conversation) {
+      state.renaming = null;
+      showToast("Renamed.");
+    }
+  },
   "conversation.deleted"(frame) {
     if (!state.leaving) dropConversation(frame.conversation);
   },
@@ -454,6 +479,7 @@ const handlers = {
       state.pending = null;
     }
     state.forgetting = false;
+    state.renaming = null;
     setBusy();
     showBanner(frame.message, frame.code);
   },
@@ -549,7 +575,7 @@ function autosize() {
 textBox.addEventListener("input", autosize);
 
 document.addEventListener("keydown", (event) => {
-  if (event.key !== "Escape" || event.defaultPrevented || forgetDialog.open || deleteDialog.open) return;
+  if (event.key !== "Escape" || event.defaultPrevented || forgetDialog.open || deleteDialog.open || renameDialog.open) return;
   if (document.body.classList.contains("sidebar-open")) {
     closeSidebar(true);
     event.preventDefault();
@@ -581,6 +607,24 @@ forgetDialog.addEventListener("close", () => {
   if (forgetDialog.returnValue !== "forget" || !state.conversation) return;
   if (send({ type: "conversation.forget", conversation: state.conversation })) state.forgetting = true;
   else showBanner("Not connected, so nothing was forgotten. Reconnecting…", "connection");
+});
+
+renameButton.addEventListener("click", () => {
+  if (!state.conversation) return;
+  renameDialog.returnValue = "";
+  renameInput.value = title.textContent;
+  renameDialog.showModal();
+  renameInput.select();
+});
+
+// Cancel is not a submit button, so Enter in the name field renames.
+$("rename-cancel").addEventListener("click", () => renameDialog.close());
+
+renameDialog.addEventListener("close", () => {
+  if (renameDialog.returnValue !== "rename" || !state.conversation) return;
+  const frame = { type: "conversation.rename", conversation: state.conversation, title: renameInput.value };
+  if (send(frame)) state.renaming = state.conversation;
+  else showBanner("Not connected, so the name was not changed. Reconnecting…", "connection");
 });
 
 // Delete posts the dialog's form: the server deletes, then opens a new chat with a note.
