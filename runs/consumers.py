@@ -219,7 +219,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         # Subscribe before the run is announced, so this socket sees all of it.
         await self.watch(started.conversation.id)
-        await services.run_launch(started)
+        _, started_text = await services.run_launch(started, origin_channel=self.channel_name)
+        # Sent before this handler returns, so before any delta of the run is dispatched here.
+        await self.send(text_data=started_text)
 
     async def on_chat_cancel(self, frame: dict[str, Any], client_id: str | None) -> None:
         run_id = _uuid_field(frame, "run")
@@ -279,6 +281,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def chat_frame(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["text"])
+
+    async def run_started(self, event: dict[str, Any]) -> None:
+        if event["origin"] != self.channel_name:  # the sender's socket has told its client
+            await self.send(text_data=event["text"])
 
     async def conversation_active(self, event: dict[str, Any]) -> None:
         if event["group"] not in self.groups_watched:  # a watcher has `run.started` already

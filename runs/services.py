@@ -649,12 +649,20 @@ def _live_run(started: StartedRun) -> LiveRun:
     return live
 
 
-async def run_launch(started: StartedRun) -> LiveRun:
-    """Announces the run to the conversation's watchers and starts its relay task."""
+async def run_launch(started: StartedRun, *, origin_channel: str = "") -> tuple[LiveRun, str]:
+    """Announces the run to the conversation's watchers and starts its relay task. Returns the
+    relay and the `run.started` frame, encoded: the socket that sent the message
+    (`origin_channel`) is skipped and sends it itself, so its first frame never depends on a
+    group subscription made a moment before (on Redis, a SUBSCRIBE and the next PUBLISH travel
+    on different connections, and are sometimes served in the other order)."""
     live = _live_run(started)
-    await frame_publish(conversation_id=live.conversation_id, frame=started.started_frame())
+    text = orjson.dumps(started.started_frame()).decode()
+    await get_channel_layer().group_send(
+        conversation_group(live.conversation_id),
+        {"type": "run.started", "text": text, "origin": origin_channel},
+    )
     live.task = asyncio.get_running_loop().create_task(_relay(live), name=f"relay-{live.run_id}")
-    return live
+    return live, text
 
 
 @dataclass(frozen=True, slots=True)

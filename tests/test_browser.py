@@ -497,6 +497,36 @@ def test_a_cut_websocket_reconnects_and_the_reply_completes(new_page, slow_site)
     shot(page, "09-reconnected")
 
 
+def test_a_delta_lost_on_the_way_is_recovered_while_the_reply_streams(new_page, slow_site):
+    page = new_page()
+    # The page never sees the third delta, as when a pub/sub message is dropped.
+    page.add_init_script(
+        """
+        window.__dropped = null;
+        const NativeWebSocket = window.WebSocket;
+        window.WebSocket = class extends NativeWebSocket {
+          addEventListener(type, listener, ...rest) {
+            if (type !== "message") return super.addEventListener(type, listener, ...rest);
+            return super.addEventListener(type, (event) => {
+              const frame = JSON.parse(event.data);
+              if (frame.type === "run.delta" && frame.seq === 3 && window.__dropped === null) {
+                window.__dropped = frame.text;
+                return;
+              }
+              listener(event);
+            }, ...rest);
+          }
+        };
+        """
+    )
+    page.goto(slow_site.url)
+    say(page, "keep talking")
+    # Still streaming, and nothing is missing from what is shown.
+    expect(streaming(page)).to_contain_text(echo("keep talking", 1) + " w0 w1")
+    assert page.evaluate("window.__dropped") == "keep "
+    reply_is(page, 1, echo("keep talking", 1) + SLOW_TAIL)
+
+
 def test_a_second_tab_shows_the_same_reply_streaming(new_context, slow_site):
     context = new_context()
     first = context.new_page()

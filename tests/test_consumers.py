@@ -199,6 +199,40 @@ async def test_run_finishes_and_is_saved_after_the_last_socket_closes(
     assert refused["code"] == "not_found"
 
 
+async def test_the_sender_hears_its_run_start_once_even_if_the_group_copy_is_lost(
+    backend_url, socket_factory, channel_layer, monkeypatch
+):
+    """On Redis a socket's new subscription can miss a publish made right after it: the
+    sender's own `run.started` must not depend on it, nor be sent to it twice."""
+    cookie = await database_sync_to_async(session_cookie_for)()
+    sender = await socket_factory(cookie)
+    first = await sender.chat("one", memory=True)
+    other_tab = await socket_factory(cookie)
+    await other_tab.send({"type": "conversation.watch", "conversation": first["conversation"]})
+    await other_tab.until("conversation.snapshot")
+
+    await sender.send(
+        {"type": "chat.send", "text": "two", "memory": True, "conversation": first["conversation"]}
+    )
+    _, frames = await sender.until_run_end()
+    _, watched = await other_tab.until_run_end()
+    for seen in (frames, watched):
+        assert [frame["type"] for frame in seen].count("run.started") == 1
+
+    group_send = channel_layer.group_send
+
+    async def losing_run_starts(group, message):
+        if '"type":"run.started"' not in message.get("text", ""):
+            await group_send(group, message)
+
+    monkeypatch.setattr(channel_layer, "group_send", losing_run_starts)
+    await sender.send({"type": "chat.send", "text": "three", "memory": False, "client_id": "c3"})
+    started, _ = await sender.until("run.started")
+    assert started["client_id"] == "c3"
+    final, _ = await sender.until_run_end()
+    assert final["type"] == "run.completed" and final["run"] == started["run"]
+
+
 async def test_under_load_each_frame_carries_several_tokens_and_the_first_goes_at_once(
     slow_backend_url, socket_factory, settings
 ):

@@ -53,6 +53,7 @@ const state = {
   lastFailed: null, // {text, memory}: what Retry sends again
   forgetting: false,
   renaming: null, // the conversation this tab asked to rename, for its "Renamed." note
+  resyncing: false, // a delta went missing: a snapshot is on its way
   socket: null,
   retryDelay: 500,
   reconnectTimer: null,
@@ -383,6 +384,7 @@ function bumpConversation(id) {
 const handlers = {
   "conversation.snapshot"(frame) {
     if (state.conversation && frame.conversation.id !== state.conversation) return;
+    state.resyncing = false;
     setConversation(frame.conversation);
     const pinned = nearBottom();
     log.setAttribute("aria-busy", "true");
@@ -453,7 +455,12 @@ const handlers = {
     if (!state.leaving) dropConversation(frame.conversation);
   },
   "run.delta"(frame) {
-    if (frame.run !== state.activeRun || frame.seq <= state.lastSeq) return;
+    if (frame.run !== state.activeRun || frame.seq <= state.lastSeq || state.resyncing) return;
+    if (frame.seq > state.lastSeq + 1) {
+      // A delta went missing on the way: the snapshot has the reply so far, and what follows it.
+      if (send({ type: "conversation.watch", conversation: state.conversation })) state.resyncing = true;
+      return;
+    }
     state.lastSeq = frame.seq;
     keepingEnd(() => {
       streamingElement(frame.run).querySelector(".stream-text").textContent += frame.text;
@@ -480,6 +487,7 @@ const handlers = {
     }
     state.forgetting = false;
     state.renaming = null;
+    state.resyncing = false;
     setBusy();
     showBanner(frame.message, frame.code);
   },
