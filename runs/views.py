@@ -7,6 +7,7 @@ reply never holds one of the server's threads.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import wraps
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -106,31 +107,51 @@ async def chat_form_send(request: HttpRequest) -> HttpResponse:
     return redirect(reverse("conversation", args=[outcome.started.conversation.id]))
 
 
+ConversationPage = Callable[[HttpRequest, Owner, Conversation], Awaitable[HttpResponse]]
 ConfirmedAction = Callable[[Owner, Conversation], Awaitable[tuple[str, str]]]
 
 
+def conversation_page(view: ConversationPage) -> Callable[..., Awaitable[HttpResponse]]:
+    """A page about one of the owner's conversations: sign-in when required, then the owner's
+    conversation, or the not-found page for anyone else's (answered exactly alike)."""
+
+    @wraps(view)
+    async def wrapper(request: HttpRequest, conversation_id: Any) -> HttpResponse:
+        user = await request.auser()
+        if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
+            return redirect(reverse("login"))
+        owner = await aowner_of(request)
+        try:
+            conversation = await sync_to_async(conversation_get)(
+                owner=owner, conversation_id=conversation_id
+            )
+        except NotFound:
+            return await sync_to_async(render)(request, "runs/not_found.html", status=404)
+        return await view(request, owner, conversation)
+
+    return wrapper
+
+
 async def _confirm_then(
-    request: HttpRequest, conversation_id: Any, *, template: str, act: ConfirmedAction
+    request: HttpRequest,
+    owner: Owner,
+    conversation: Conversation,
+    *,
+    template: str,
+    act: ConfirmedAction,
 ) -> HttpResponse:
     """A confirmation page (GET), then the POST that does it: without JavaScript, and the
     chat page's dialogs post here too. `act` answers with what to say and where to go."""
-    user = await request.auser()
-    if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
-        return redirect(reverse("login"))
-    owner = await aowner_of(request)
-    try:
-        conversation = await sync_to_async(conversation_get)(
-            owner=owner, conversation_id=conversation_id
-        )
-        if request.method == "POST":
+    if request.method == "POST":
+        try:
             done, target = await act(owner, conversation)
-            await sync_to_async(flash.success)(request, done)
-            return redirect(target)
-    except NotFound:
-        return await sync_to_async(render)(request, "runs/not_found.html", status=404)
-    except ChatError as exc:
-        await sync_to_async(flash.error)(request, exc.message)
-        return redirect(reverse("conversation", args=[conversation_id]))
+        except NotFound:  # gone meanwhile
+            return await sync_to_async(render)(request, "runs/not_found.html", status=404)
+        except ChatError as exc:
+            await sync_to_async(flash.error)(request, exc.message)
+            return redirect(reverse("conversation", args=[conversation.id]))
+        await sync_to_async(flash.success)(request, done)
+        return redirect(target)
     return await sync_to_async(render)(request, template, {"conversation": conversation})
 
 
@@ -148,35 +169,34 @@ async def _delete(owner: Owner, conversation: Conversation) -> tuple[str, str]:
 
 
 @require_http_methods(["GET", "POST"])
-async def conversation_forget_form(request: HttpRequest, conversation_id: Any) -> HttpResponse:
+@conversation_page
+async def conversation_forget_form(
+    request: HttpRequest, owner: Owner, conversation: Conversation
+) -> HttpResponse:
     """Forget: deletes the backend thread; the transcript stays."""
     return await _confirm_then(
-        request, conversation_id, template="runs/forget_confirm.html", act=_forget
+        request, owner, conversation, template="runs/forget_confirm.html", act=_forget
     )
 
 
 @require_http_methods(["GET", "POST"])
-async def conversation_delete_form(request: HttpRequest, conversation_id: Any) -> HttpResponse:
+@conversation_page
+async def conversation_delete_form(
+    request: HttpRequest, owner: Owner, conversation: Conversation
+) -> HttpResponse:
     """Delete: the transcript and the backend thread, for good."""
     return await _confirm_then(
-        request, conversation_id, template="runs/delete_confirm.html", act=_delete
+        request, owner, conversation, template="runs/delete_confirm.html", act=_delete
     )
 
 
 @require_http_methods(["GET", "POST"])
-async def conversation_rename_form(request: HttpRequest, conversation_id: Any) -> HttpResponse:
+@conversation_page
+async def conversation_rename_form(
+    request: HttpRequest, owner: Owner, conversation: Conversation
+) -> HttpResponse:
     """Rename without JavaScript: a form with the current name; a refused name is shown again
     with the reason, as typed."""
-    user = await request.auser()
-    if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
-        return redirect(reverse("login"))
-    owner = await aowner_of(request)
-    try:
-        conversation = await sync_to_async(conversation_get)(
-            owner=owner, conversation_id=conversation_id
-        )
-    except NotFound:
-        return await sync_to_async(render)(request, "runs/not_found.html", status=404)
     context: dict[str, Any] = {"conversation": conversation, "title": conversation.title}
     if request.method == "POST":
         context["title"] = typed = request.POST.get("title", "")
@@ -186,9 +206,8 @@ async def conversation_rename_form(request: HttpRequest, conversation_id: Any) -
             )
         except ChatError as exc:
             context["error"] = exc.message
-            return await sync_to_async(render)(
-                request, "runs/rename.html", context, status=404 if exc.code == "not_found" else 400
-            )
+            status = 404 if exc.code == NotFound.code else 400
+            return await sync_to_async(render)(request, "runs/rename.html", context, status=status)
         await sync_to_async(flash.success)(request, f"Renamed to “{renamed.title}”.")
         return redirect(reverse("conversation", args=[conversation.id]))
     return await sync_to_async(render)(request, "runs/rename.html", context)
