@@ -263,10 +263,15 @@ def fake_backend(settings):
 
 @pytest.fixture(scope="session", autouse=True)
 def _chat_database_thread_closes(django_db_setup, django_db_blocker):
-    """The chat flow's database thread keeps its connection open: close it before pytest-django
-    drops the test database (PostgreSQL refuses to drop a database in use). Depending on
-    django_db_setup makes this teardown run before that one."""
+    """The chat flow's database thread keeps its connection open, and so does the thread where
+    async tests' ORM calls (`aexists()`, ...) run: close both before pytest-django drops the
+    test database (PostgreSQL refuses to drop a database in use). Depending on django_db_setup
+    makes this teardown run before that one."""
     yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
     from runs.db import db_close
 
     db_close()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
