@@ -153,18 +153,23 @@ def conversations_adopt(*, user_id: int, visitor_key: str) -> int:
 # Text.
 
 
+def _storable_check(value: str, *, name: str) -> None:
+    """Refuses what no database column can keep: lone surrogates and NUL characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"`{name}` must be valid Unicode (it has a lone surrogate).") from None
+    if "\x00" in value:
+        raise InvalidRequest(f"`{name}` must not contain NUL characters.")
+
+
 def message_text_clean(*, text: Any) -> str:
     if not isinstance(text, str):
         raise ChatError("`text` must be a string.") from None
     cleaned = text.strip()
     if not cleaned:
         raise EmptyText()
-    try:
-        cleaned.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("`text` must be valid Unicode (it has a lone surrogate).") from None
-    if "\x00" in cleaned:
-        raise InvalidRequest("`text` must not contain NUL characters.")
+    _storable_check(cleaned, name="text")
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(cleaned) > limit:
         raise TextTooLong(
@@ -180,12 +185,7 @@ def conversation_title_clean(*, title: Any) -> str:
     cleaned = re.sub(r"\s+", " ", title).strip()
     if not cleaned:
         raise InvalidRequest("A title cannot be blank.")
-    if "\x00" in cleaned:
-        raise InvalidRequest("`title` must not contain NUL characters.")
-    try:
-        cleaned.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("`title` must be valid Unicode (it has a lone surrogate).") from None
+    _storable_check(cleaned, name="title")
     limit = Conversation._meta.get_field("title").max_length
     if len(cleaned) > limit:
         raise InvalidRequest(
