@@ -109,6 +109,11 @@ async def frame_publish(*, conversation_id: uuid.UUID | str, frame: dict[str, An
     await get_channel_layer().group_send(conversation_group(conversation_id), frame_message(frame))
 
 
+async def owner_frame_publish(*, owner: Owner, frame: dict[str, Any]) -> None:
+    """Sends one protocol frame to every socket of the owner: news of their conversation list."""
+    await get_channel_layer().group_send(owner_group(owner), frame_message(frame))
+
+
 async def conversation_changed_publish(
     *, conversation_id: uuid.UUID | str, origin_channel: str = ""
 ) -> None:
@@ -649,18 +654,25 @@ def _live_run(started: StartedRun) -> LiveRun:
     return live
 
 
-async def run_launch(started: StartedRun, *, origin_channel: str = "") -> tuple[LiveRun, str]:
-    """Announces the run to the conversation's watchers and starts its relay task. Returns the
-    relay and the `run.started` frame, encoded: the socket that sent the message
-    (`origin_channel`) is skipped and sends it itself, so its first frame never depends on a
-    group subscription made a moment before (on Redis, a SUBSCRIBE and the next PUBLISH travel
-    on different connections, and are sometimes served in the other order)."""
-    live = _live_run(started)
+async def _run_announce(started: StartedRun, *, origin_channel: str = "") -> str:
+    """Tells the conversation's watchers that the run started; returns the frame, encoded. The
+    socket that sent the message (`origin_channel`) is skipped and sends it itself, so its first
+    frame never depends on a group subscription made a moment before (on Redis, a SUBSCRIBE and
+    the next PUBLISH travel on different connections, and are sometimes served in the other
+    order)."""
     text = orjson.dumps(started.started_frame()).decode()
     await get_channel_layer().group_send(
-        conversation_group(live.conversation_id),
+        conversation_group(started.conversation.id),
         {"type": "run.started", "text": text, "origin": origin_channel},
     )
+    return text
+
+
+async def run_launch(started: StartedRun, *, origin_channel: str = "") -> tuple[LiveRun, str]:
+    """Announces the run (see `_run_announce`) and starts its relay task. Returns the relay and
+    the `run.started` frame, encoded, for the sending socket."""
+    live = _live_run(started)
+    text = await _run_announce(started, origin_channel=origin_channel)
     live.task = asyncio.get_running_loop().create_task(_relay(live), name=f"relay-{live.run_id}")
     return live, text
 
@@ -679,7 +691,7 @@ async def chat_wait(*, owner: Owner, conversation_id: Any, text: Any, memory: bo
         owner=owner, conversation_id=conversation_id, text=text, memory=memory
     )
     live = _live_run(started)
-    await frame_publish(conversation_id=live.conversation_id, frame=started.started_frame())
+    await _run_announce(started)
     backend = get_backend()
 
     async def wait(thread_id: str | None) -> None:
@@ -956,9 +968,8 @@ async def conversation_delete(*, owner: Owner, conversation_id: Any) -> Conversa
     )
     await _thread_forget(conversation)
     await db_call(_conversation_delete_rows)(conversation_id=conversation.id)
-    await get_channel_layer().group_send(
-        owner_group(owner),
-        frame_message({"type": "conversation.deleted", "conversation": str(conversation.id)}),
+    await owner_frame_publish(
+        owner=owner, frame={"type": "conversation.deleted", "conversation": str(conversation.id)}
     )
     return conversation
 
@@ -979,12 +990,8 @@ async def conversation_rename(*, owner: Owner, conversation_id: Any, title: Any)
     conversation = await db_call(_conversation_rename)(
         owner=owner, conversation_id=conversation_id, title=cleaned
     )
-    await get_channel_layer().group_send(
-        owner_group(owner),
-        frame_message(
-            {"type": "conversation.renamed", "conversation": str(conversation.id), "title": cleaned}
-        ),
-    )
+    frame = {"type": "conversation.renamed", "conversation": str(conversation.id), "title": cleaned}
+    await owner_frame_publish(owner=owner, frame=frame)
     return conversation
 
 
