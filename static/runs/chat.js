@@ -334,9 +334,13 @@ function listConversation(id, name) {
     item.append(link);
     conversationList.prepend(item);
   }
+  nameLink(link, name);
+  return link;
+}
+
+function nameLink(link, name) {
   link.textContent = name || "Untitled";
   link.title = name || "Untitled";
-  return link;
 }
 
 function setHasThread(hasThread) {
@@ -440,10 +444,7 @@ const handlers = {
   // Renamed here or anywhere else: the list keeps its order, only the name changes.
   "conversation.renamed"(frame) {
     const link = conversationLink(frame.conversation);
-    if (link) {
-      link.textContent = frame.title;
-      link.title = frame.title;
-    }
+    if (link) nameLink(link, frame.title);
     if (frame.conversation !== state.conversation) return;
     showTitle(frame.title);
     if (state.renaming === frame.conversation) {
