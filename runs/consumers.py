@@ -79,6 +79,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         self.groups_watched: set[str] = set()
         self.counted = False
+        self.session_ended_reason = ""
         await self.accept()
         owner_key = self.owner.identity
         if _open_sockets[owner_key] >= settings.CHAT_MAX_SOCKETS_PER_SESSION:
@@ -94,6 +95,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         _open_sockets[owner_key] += 1
         self.counted = True
         await self.join(services.owner_group(self.owner))
+        session_key = self.scope["session"].session_key
+        if self.owner.user_id is not None and session_key:
+            await self.join(services.session_group(session_key))
         await services.relays_ensure()
 
     async def disconnect(self, code: int) -> None:
@@ -151,6 +155,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # Inbound frames.
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.session_ended_reason:
+            return  # closing: a frame that came meanwhile must not act for the old session
         client_id = None
         try:
             if text_data is None:
@@ -289,6 +295,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def conversation_active(self, event: dict[str, Any]) -> None:
         if event["group"] not in self.groups_watched:  # a watcher has `run.started` already
             await self.send(text_data=event["text"])
+
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        """Signed out, or this visitor signed in, in another tab: the client comes back with the
+        new cookie. Handled after any frame in hand, so a conversation that frame started before
+        the sign-in's adoption is adopted here."""
+        if event["reason"] == "signed_in" and self.owner.user_id is None:
+            await db_call(services.conversations_adopt)(
+                user_id=event["user_id"], visitor_key=self.owner.session_key
+            )
+        self.session_ended_reason = event["reason"]
+        await self.send_json({"type": "session.ended", "reason": event["reason"]})
+        await self.close(code=4401)
 
     async def conversation_changed(self, event: dict[str, Any]) -> None:
         if event["origin"] == self.channel_name:

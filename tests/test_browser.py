@@ -473,6 +473,51 @@ def test_rename_shows_in_every_tab_and_keeps_the_list_order(new_context, site):
     expect(second.get_by_role("heading", level=1)).to_have_text("Older, renamed")
 
 
+def test_signing_in_or_out_in_another_tab_brings_this_tab_along_with_its_draft(
+    new_context, site, workdir
+):
+    manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "User.objects.create_user('gale', password='pw-gale-12345')",
+        env=site_env(
+            database_url=f"sqlite:///{workdir / 'fast.sqlite3'}", backend_url="http://127.0.0.1:9"
+        ),
+    )
+    context = new_context()
+    tab = context.new_page()
+    tab.goto(site.url)
+    chat(tab, "before signing in", number=1, seen=1)
+    expect(tab).to_have_url(UUID_PATH)
+    conversation_url = tab.url
+    message_box(tab).fill("a half-typed thought")
+
+    other = context.new_page()
+    other.goto(f"{site.url}/accounts/login/")
+    other.get_by_label("Username").fill("gale")
+    other.get_by_label("Password").fill("pw-gale-12345")
+    other.get_by_role("button", name="Sign in").click()
+    expect(other.get_by_role("button", name="Sign out")).to_be_visible()
+
+    # The first tab follows by itself: the same conversation, now the account's, and the draft.
+    expect(tab.get_by_role("button", name="Sign out")).to_be_visible()
+    expect(tab).to_have_url(conversation_url)
+    expect(message_box(tab)).to_have_value("a half-typed thought")
+    reply_is(tab, 1, echo("before signing in", 1))
+    expect(tab.locator("#conversation-list a")).to_have_text(["before signing in"])
+    message_box(tab).fill("")
+    chat(tab, "signed in now", number=2, seen=2)  # memory on: the thread came along
+
+    message_box(tab).fill("another thought")
+    other.get_by_role("button", name="Sign out").click()
+    # Signed out: the account's conversation is not shown here any more; the draft stays.
+    expect(tab.get_by_role("link", name="Sign in")).to_be_visible()
+    expect(tab).to_have_url(f"{site.url}/")
+    expect(tab.locator("#conversation-list a")).to_have_count(0)
+    expect(message_box(tab)).to_have_value("another thought")
+
+
 def test_a_cut_websocket_reconnects_and_the_reply_completes(new_page, slow_site):
     page = new_page()
     # Keep a handle on the page's sockets, so the test can cut the connection mid-reply.

@@ -12,6 +12,7 @@ from runs import services
 from runs.backend import get_backend
 from runs.exceptions import ThreadNotFound
 from runs.models import Conversation, Message, Run
+from runs.selectors import Owner
 from tests.conftest import seen_count, session_cookie_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -523,3 +524,71 @@ async def test_every_tab_of_the_owner_hears_of_new_and_deleted_conversations(
     refused, _ = await watcher.until("error")
     assert refused["code"] == "not_found"
     assert not await Conversation.objects.filter(pk=conv).aexists()
+
+
+async def test_signing_in_or_out_in_another_tab_sends_that_browsers_sockets_away(
+    backend_url, socket_factory
+):
+    from django.contrib.auth.models import User
+
+    user = await User.objects.acreate_user("erin", password="pw-erin-12345")
+    cookie = await database_sync_to_async(session_cookie_for)()
+    tab = await socket_factory(cookie)
+    before = await tab.chat("before signing in", memory=False)
+    stranger = await socket_factory(await database_sync_to_async(session_cookie_for)())
+
+    browser = api_client_for(cookie)  # the same browser, signing in on another tab
+    signed_in = await browser.post(
+        "/accounts/login/", {"username": "erin", "password": "pw-erin-12345"}
+    )
+    assert signed_in.status_code == 302
+    assert await tab.receive() == {"type": "session.ended", "reason": "signed_in"}
+    closed = await tab.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+    assert (await conversation(before["conversation"])).owner_id == user.pk
+    assert await stranger.communicator.receive_nothing(timeout=0.3)
+
+    # The tab comes back with the browser's new cookie, as the account.
+    name = next(iter(browser.cookies))
+    account_cookie = f"{name}={browser.cookies[name].value}"
+    account_tab = await socket_factory(account_cookie)
+    again = await account_tab.chat("signed in", memory=False, conversation=before["conversation"])
+    assert again["type"] == "run.completed"
+
+    # Signing out ends this browser's sockets only: the account's phone stays signed in.
+    phone = await socket_factory(await database_sync_to_async(session_cookie_for)(user))
+    signed_out = await browser.post("/accounts/logout/")
+    assert signed_out.status_code == 302
+    assert await account_tab.receive() == {"type": "session.ended", "reason": "signed_out"}
+    closed = await account_tab.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+    from_phone = await phone.chat(
+        "from my phone", memory=False, conversation=before["conversation"]
+    )
+    assert from_phone["type"] == "run.completed"
+
+
+async def test_a_conversation_started_while_signing_in_goes_to_the_account_too(
+    backend_url, socket_factory
+):
+    from django.contrib.auth.models import User
+
+    user = await User.objects.acreate_user("finn", password="pw-finn-12345")
+    cookie = await database_sync_to_async(session_cookie_for)()
+    tab = await socket_factory(cookie)
+    started = await tab.chat("just as I sign in", memory=False)
+    # The sign-in's adoption ran before this conversation was saved; its word comes after.
+    visitor = (await conversation(started["conversation"])).session_key
+    await database_sync_to_async(services.session_ended_publish)(
+        group=services.owner_group(Owner(user_id=None, session_key=visitor)),
+        reason="signed_in",
+        user_id=user.pk,
+    )
+    assert await tab.receive() == {"type": "session.ended", "reason": "signed_in"}
+    assert (await conversation(started["conversation"])).owner_id == user.pk
+    closed = await tab.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+    # A frame that arrives while the socket closes does nothing for the old session.
+    await tab.send({"type": "chat.send", "text": "too late", "memory": False})
+    assert await tab.communicator.receive_nothing(timeout=1)
+    assert not await Conversation.objects.filter(session_key=visitor).aexists()

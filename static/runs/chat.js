@@ -42,6 +42,8 @@ const MEMORY_OFF = "Memory off: each message is answered on its own.";
 const RETRYABLE = new Set(["backend_unavailable", "backend_error", "backend_timeout", "busy", "rate_limited", "connection", "internal_error"]);
 const TITLE_CHARS = 60;
 const NEAR_BOTTOM_PX = 96;
+// A draft carried over the reload when the session changes in another tab.
+const DRAFT_KEY = "chat:draft";
 
 const state = {
   conversation: chat.dataset.conversation || null,
@@ -480,7 +482,14 @@ const handlers = {
     const error = frame.error || { code: "backend_error", message: "The reply failed." };
     showBanner(error.message, error.code);
   },
+  "session.ended"(frame) {
+    leaveSession(frame.reason);
+  },
   error(frame) {
+    if (frame.code === "signed_out") {
+      leaveSession("signed_out");
+      return;
+    }
     if (state.pending && frame.client_id === state.pending.client_id) {
       state.lastFailed = state.pending;
       restoreDraft(state.pending.text);
@@ -493,6 +502,23 @@ const handlers = {
     showBanner(frame.message, frame.code);
   },
 };
+
+// Signed in or out in another tab: this page belongs to the old session. Come back as the new
+// one (the same conversation after a sign-in, which adopted it; a new chat after a sign-out),
+// keeping what was typed or on its way.
+function leaveSession(reason) {
+  state.leaving = true;
+  clearTimeout(state.reconnectTimer);
+  const draft = textBox.value.trim() ? textBox.value : state.pending?.text;
+  try {
+    if (draft) sessionStorage.setItem(DRAFT_KEY, draft);
+  } catch {
+    // Storage refused (private mode, quota): the page still follows the session.
+  }
+  showBanner(reason === "signed_in" ? "You signed in in another tab. Opening your account…" : "You signed out in another tab.", "session");
+  if (reason === "signed_in") location.reload();
+  else location.replace($("new-chat").href);
+}
 
 function finishRun(frame, announcement) {
   const placeholder = transcript.querySelector(`li[data-run="${CSS.escape(frame.run)}"]`);
@@ -706,6 +732,12 @@ narrow.addEventListener("change", () => closeSidebar(false));
 // Start.
 
 const emptyState = $("empty-state")?.cloneNode(true);
+try {
+  restoreDraft(sessionStorage.getItem(DRAFT_KEY) || "");
+  sessionStorage.removeItem(DRAFT_KEY);
+} catch {
+  // No storage: nothing was carried over.
+}
 transcript.querySelectorAll("li.message").forEach(enhance);
 setBusy();
 autosize();
