@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -85,11 +84,10 @@ def session_group(session_key: str) -> str:
     return f"session.{hashlib.sha256(session_key.encode()).hexdigest()[:40]}"
 
 
-def session_ended_publish(*, group: str, reason: str, user_id: int | None = None) -> None:
+async def session_ended_publish(*, group: str, reason: str, user_id: int | None = None) -> None:
     """Tells the sockets of a session that ended (`signed_out`) or of a visitor who signed in
-    (`signed_in`, as `user_id`) to leave: each says so to its client and closes. From the
-    sign-in and sign-out views, which are sync."""
-    async_to_sync(get_channel_layer().group_send)(
+    (`signed_in`, as `user_id`) to leave: each says so to its client and closes."""
+    await get_channel_layer().group_send(
         group, {"type": "session.ended", "reason": reason, "user_id": user_id}
     )
 

@@ -1,14 +1,9 @@
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.dispatch import receiver
 
+from runs.middleware import session_ended_notice
 from runs.selectors import Owner
-from runs.services import (
-    VISITOR_SESSION_KEY,
-    conversations_adopt,
-    owner_group,
-    session_ended_publish,
-    session_group,
-)
+from runs.services import VISITOR_SESSION_KEY, conversations_adopt, owner_group, session_group
 
 
 @receiver(user_logged_in)
@@ -21,7 +16,8 @@ def adopt_anonymous_conversations(sender, request, user, **kwargs) -> None:
     if not visitor_key:
         return
     conversations_adopt(user_id=user.pk, visitor_key=visitor_key)
-    session_ended_publish(
+    session_ended_notice(
+        request,
         group=owner_group(Owner(user_id=None, session_key=visitor_key)),
         reason="signed_in",
         user_id=user.pk,
@@ -34,4 +30,4 @@ def end_the_sessions_sockets(sender, request, user, **kwargs) -> None:
     account's sockets in other browsers stay)."""
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if session_key:
-        session_ended_publish(group=session_group(session_key), reason="signed_out")
+        session_ended_notice(request, group=session_group(session_key), reason="signed_out")

@@ -579,7 +579,7 @@ async def test_a_conversation_started_while_signing_in_goes_to_the_account_too(
     started = await tab.chat("just as I sign in", memory=False)
     # The sign-in's adoption ran before this conversation was saved; its word comes after.
     visitor = (await conversation(started["conversation"])).session_key
-    await database_sync_to_async(services.session_ended_publish)(
+    await services.session_ended_publish(
         group=services.owner_group(Owner(user_id=None, session_key=visitor)),
         reason="signed_in",
         user_id=user.pk,

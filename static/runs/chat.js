@@ -515,10 +515,28 @@ function leaveSession(reason) {
   } catch {
     // Storage refused (private mode, quota): the page still follows the session.
   }
-  showBanner(reason === "signed_in" ? "You signed in in another tab. Opening your account…" : "You signed out in another tab.", "session");
-  if (reason === "signed_in") location.reload();
-  else location.replace($("new-chat").href);
+  if (reason !== "signed_in") {
+    showBanner("You signed out in another tab.", "session");
+    location.replace($("new-chat").href);
+    return;
+  }
+  showBanner("You signed in in another tab. Opening your account…", "session");
+  // The sign-in's answer, with the account's cookie, may not have reached the browser yet: a
+  // reload with the old cookie would start a new visitor session over it. Sign-in renews the
+  // CSRF cookie in that same answer, so its change says the new session cookie is there too.
+  const started = Date.now();
+  (function reloadOnceSignedIn() {
+    if (csrfCookie() !== pageCsrf) location.reload();
+    else if (Date.now() - started < 10_000) setTimeout(reloadOnceSignedIn, 100);
+    else showBanner("You signed in in another tab. Reload this page to go on as your account.", "session");
+  })();
 }
+
+function csrfCookie() {
+  const cookie = document.cookie.split("; ").find((pair) => pair.startsWith("csrftoken="));
+  return cookie ? cookie.slice("csrftoken=".length) : "";
+}
+const pageCsrf = csrfCookie();
 
 function finishRun(frame, announcement) {
   const placeholder = transcript.querySelector(`li[data-run="${CSS.escape(frame.run)}"]`);
