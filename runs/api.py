@@ -121,8 +121,15 @@ async def chat(request: HttpRequest, owner: Owner) -> JsonResponse:
 @ensure_csrf_cookie
 @api_view
 async def conversations(request: HttpRequest, owner: Owner) -> JsonResponse:
-    rows = await sync_to_async(conversation_list)(owner=owner)
-    return JsonResponse({"conversations": [conversation_to_dict(row) for row in rows]})
+    query = services.conversation_search_clean(query=request.GET.get("q"))
+    offset = services.list_offset_clean(offset=request.GET.get("offset"))
+    page = await sync_to_async(conversation_list)(owner=owner, query=query, offset=offset)
+    return JsonResponse(
+        {
+            "conversations": [conversation_to_dict(row) for row in page.conversations],
+            "next_offset": page.next_offset,
+        }
+    )
 
 
 def _conversation_detail(*, owner: Owner, conversation_id: uuid.UUID) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from runs.exceptions import NotFound
 from runs.models import Conversation, Message, Run
@@ -46,8 +46,32 @@ def conversation_queryset(*, owner: Owner) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner__isnull=True, session_key=owner.session_key)
 
 
-def conversation_list(*, owner: Owner) -> list[Conversation]:
-    return list(conversation_queryset(owner=owner).order_by("-updated_at"))
+# Conversations a list shows at once: the page, the API; "Show older" gets the next ones.
+CONVERSATIONS_PER_PAGE = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPage:
+    conversations: list[Conversation]
+    offset: int  # how many newer ones (that match) come before this page
+    more: bool  # older ones (that match) exist past this page
+
+    @property
+    def next_offset(self) -> int | None:
+        return self.offset + len(self.conversations) if self.more else None
+
+
+def conversation_list(
+    *, owner: Owner, query: str = "", offset: int = 0, limit: int = CONVERSATIONS_PER_PAGE
+) -> ConversationPage:
+    """The owner's conversations, newest first, `limit` of them after the `offset` newest:
+    with a `query`, only those whose title or any message contains it (case-insensitive)."""
+    conversations = conversation_queryset(owner=owner)
+    if query:
+        said = Message.objects.filter(conversation=OuterRef("pk"), text__icontains=query)
+        conversations = conversations.filter(Q(title__icontains=query) | Exists(said))
+    rows = list(conversations.order_by("-updated_at", "-pk")[offset : offset + limit + 1])
+    return ConversationPage(conversations=rows[:limit], offset=offset, more=len(rows) > limit)
 
 
 def conversation_get(*, owner: Owner, conversation_id: Any) -> Conversation:

@@ -213,6 +213,39 @@ def conversation_title_clean(*, title: Any) -> str:
     return cleaned
 
 
+SEARCH_CHARS = 200
+# Past this many, "Show older" stops: a search finds the rest.
+LIST_OFFSET_MAX = 10_000
+
+
+def conversation_search_clean(*, query: Any) -> str:
+    """A search of the conversation list as typed, on one line; "" is no search."""
+    if query is None:
+        return ""
+    if not isinstance(query, str):
+        raise InvalidRequest("`q` must be a string.")
+    cleaned = re.sub(r"\s+", " ", query).strip()
+    _storable_check(cleaned, name="q")
+    if len(cleaned) > SEARCH_CHARS:
+        raise InvalidRequest(
+            f"A search can be at most {SEARCH_CHARS} characters; this one has {len(cleaned):,}."
+        )
+    return cleaned
+
+
+def list_offset_clean(*, offset: Any) -> int:
+    """Where a page of the conversation list starts: how many newer ones it skips."""
+    if offset is None or offset == "":
+        return 0
+    try:
+        value = int(offset)
+    except (TypeError, ValueError):
+        value = -1
+    if not 0 <= value <= LIST_OFFSET_MAX or isinstance(offset, bool):
+        raise InvalidRequest(f"`offset` must be a whole number from 0 to {LIST_OFFSET_MAX:,}.")
+    return value
+
+
 def _title_from(text: str) -> str:
     title = re.sub(r"\s+", " ", text).strip()
     return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1].rstrip() + "…"

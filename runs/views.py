@@ -66,8 +66,19 @@ def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse
         and conversation.active_run.is_active
     ):
         active_run = str(conversation.active_run_id)
+    search_error = ""
+    try:
+        query = services.conversation_search_clean(query=request.GET.get("q"))
+        offset = services.list_offset_clean(offset=request.GET.get("offset"))
+    except ChatError as exc:
+        query, offset, search_error = "", 0, exc.message
+    listed = conversation_list(owner=owner, query=query, offset=offset)
     context = {
-        "conversations": conversation_list(owner=owner),
+        "conversations": listed.conversations,
+        "query": query,
+        "list_offset": offset,
+        "next_offset": listed.next_offset,
+        "search_error": search_error,
         "conversation": conversation,
         "conversation_json": conversation_to_dict(conversation) if conversation else None,
         "transcript": transcript,
@@ -75,7 +86,7 @@ def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse
         "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "active_run": active_run,
     }
-    return render(request, "runs/chat.html", context)
+    return render(request, "runs/chat.html", context, status=400 if search_error else 200)
 
 
 @require_POST

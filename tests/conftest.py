@@ -275,3 +275,24 @@ def _chat_database_thread_closes(django_db_setup, django_db_blocker):
 
     db_close()
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+def conversations_for(user, count: int) -> list:
+    """`count` conversations of `user` titled "Chat 00", "Chat 01", ..., newest first in that
+    order, made without the backend (for lists and searches)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from runs.models import Conversation
+
+    now = timezone.now()
+    made = []
+    for index in range(count):
+        conversation = Conversation.objects.create(owner=user, title=f"Chat {index:02}")
+        # auto_now set it on save: place it in the list explicitly.
+        Conversation.objects.filter(pk=conversation.pk).update(
+            updated_at=now - timedelta(minutes=index)
+        )
+        made.append(conversation)
+    return made

@@ -12,7 +12,7 @@ from django.test import Client
 from runs.backend import get_backend
 from runs.exceptions import ThreadNotFound
 from runs.models import Conversation, Message, Run
-from tests.conftest import Socket, seen_count
+from tests.conftest import Socket, conversations_for, seen_count
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -315,6 +315,70 @@ def test_rename_works_without_javascript_and_keeps_what_was_typed(client, backen
     assert "<title>Numbers · Chat</title>" in page
 
 
+def test_api_lists_conversations_a_page_at_a_time_and_finds_them_by_title_or_message(client):
+    user = User.objects.create_user("hana", password="pw-hana-12345")
+    client.force_login(user)
+    made = conversations_for(user, 55)
+    Message.objects.create(conversation=made[53], role="user", text="Plans for the Lisbon trip")
+    Conversation.objects.create(owner=User.objects.create_user("ivo"), title="Ivo's Lisbon")
+
+    def titles(response) -> list[str]:
+        assert response.status_code == 200, response.content
+        return [row["title"] for row in response.json()["conversations"]]
+
+    first = client.get("/api/conversations/")
+    assert titles(first) == [f"Chat {index:02}" for index in range(50)]
+    assert first.json()["next_offset"] == 50
+    rest = client.get("/api/conversations/", {"offset": 50})
+    assert titles(rest) == [f"Chat {index:02}" for index in range(50, 55)]
+    assert rest.json()["next_offset"] is None
+
+    # By a word in a message, in any case and spacing; by title; never another's.
+    assert titles(client.get("/api/conversations/", {"q": "  LISBON\n"})) == ["Chat 53"]
+    assert titles(client.get("/api/conversations/", {"q": "chat 0"})) == [
+        f"Chat {index:02}" for index in range(10)
+    ]
+    nothing = client.get("/api/conversations/", {"q": "nowhere"})
+    assert nothing.json() == {"conversations": [], "next_offset": None}
+
+    for query, says in [
+        ({"offset": "-1"}, "`offset` must be a whole number from 0"),
+        ({"offset": "ten"}, "`offset` must be a whole number from 0"),
+        ({"q": "x" * 201}, "A search can be at most 200 characters; this one has 201."),
+        ({"q": "a\x00b"}, "must not contain NUL"),
+    ]:
+        refused = client.get("/api/conversations/", query)
+        assert refused.status_code == 400, query
+        assert refused.json()["error"]["code"] == "invalid_frame"
+        assert says in refused.json()["error"]["message"]
+
+
+def test_the_list_pages_and_searches_without_javascript(client):
+    user = User.objects.create_user("jo", password="pw-jo-12345")
+    client.force_login(user)
+    made = conversations_for(user, 52)
+    Message.objects.create(conversation=made[51], role="user", text="the Lisbon trip")
+
+    newest = client.get("/").content.decode()
+    assert newest.count('<li><a href="/c/') == 50
+    assert 'href="?offset=50">Show older</a>' in newest
+    older = client.get("/", {"offset": 50}).content.decode()
+    assert [f"Chat {index}" in older for index in (49, 50, 51)] == [False, True, True]
+    assert ">Newest</a>" in older
+
+    found = client.get(f"/c/{made[0].pk}/", {"q": "lisbon"})
+    assert found.status_code == 200
+    page = found.content.decode()
+    assert page.count('<li><a href="/c/') == 1 and ">Chat 51</a>" in page
+    assert "Matching “lisbon”" in page and ">Clear search</a>" in page
+    assert 'value="lisbon"' in page
+    assert "Chat 00" in page  # the conversation shown stays shown, beside the results
+
+    refused = client.get("/", {"q": "x" * 201})
+    assert refused.status_code == 400
+    assert "A search can be at most 200 characters" in refused.content.decode()
+
+
 def test_delete_while_a_reply_streams_is_refused_and_keeps_everything(client, backend_url):
     client.post("/send/", {"text": "one", "memory": "on"})
     conversation = Conversation.objects.get()
@@ -422,7 +486,7 @@ def test_anonymous_conversations_are_adopted_at_sign_in(client, backend_url):
     assert Conversation.objects.get(pk=done["conversation"]).owner.username == "bob"
     # Signed out, the visitor starts afresh and sees nothing of bob's.
     client.post("/accounts/logout/")
-    assert client.get("/api/conversations/").json() == {"conversations": []}
+    assert client.get("/api/conversations/").json() == {"conversations": [], "next_offset": None}
 
 
 def test_require_login_everywhere(client, settings, backend_url):

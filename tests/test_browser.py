@@ -210,6 +210,19 @@ def shot(page, name: str, *, docs: str = "") -> None:
         page.screenshot(path=DOCS_SHOTS / f"{docs}.png", animations="disabled", caret="hide")
 
 
+def site_shell(workdir: Path, code: str) -> None:
+    """Runs `code` in `manage.py shell` on the fast site's database, with `User` and
+    `tests.conftest` at hand (to make accounts and conversations without the backend)."""
+    manage(
+        "shell",
+        "-c",
+        f"from django.contrib.auth.models import User; from tests import conftest; {code}",
+        env=site_env(
+            database_url=f"sqlite:///{workdir / 'fast.sqlite3'}", backend_url="http://127.0.0.1:9"
+        ),
+    )
+
+
 # What a person does and sees.
 
 
@@ -476,15 +489,7 @@ def test_rename_shows_in_every_tab_and_keeps_the_list_order(new_context, site):
 def test_signing_in_or_out_in_another_tab_brings_this_tab_along_with_its_draft(
     new_context, site, workdir
 ):
-    manage(
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import User; "
-        "User.objects.create_user('gale', password='pw-gale-12345')",
-        env=site_env(
-            database_url=f"sqlite:///{workdir / 'fast.sqlite3'}", backend_url="http://127.0.0.1:9"
-        ),
-    )
+    site_shell(workdir, "User.objects.create_user('gale', password='pw-gale-12345')")
     context = new_context()
     tab = context.new_page()
     tab.goto(site.url)
@@ -516,6 +521,46 @@ def test_signing_in_or_out_in_another_tab_brings_this_tab_along_with_its_draft(
     expect(tab).to_have_url(f"{site.url}/")
     expect(tab.locator("#conversation-list a")).to_have_count(0)
     expect(message_box(tab)).to_have_value("another thought")
+
+
+def test_search_finds_a_conversation_by_what_was_said_and_show_older_pages_the_list(
+    new_page, site, workdir
+):
+    site_shell(
+        workdir,
+        "user = User.objects.create_user('kim', password='pw-kim-12345'); "
+        "made = conftest.conversations_for(user, 52); "
+        "made[51].messages.create(role='user', text='Plans for the Lisbon trip')",
+    )
+    page = new_page()
+    page.goto(f"{site.url}/accounts/login/")
+    page.get_by_label("Username").fill("kim")
+    page.get_by_label("Password").fill("pw-kim-12345")
+    page.get_by_role("button", name="Sign in").click()
+    links = page.locator("#conversation-list a")
+    expect(links).to_have_count(50)
+    expect(links.first).to_have_text("Chat 00")
+    page.get_by_role("link", name="Show older").click()
+    expect(links).to_have_count(52)
+    expect(links.last).to_have_text("Chat 51")
+    expect(page.get_by_role("link", name="Show older")).to_be_hidden()
+
+    search = page.get_by_role("searchbox", name="Search conversations")
+    search.fill("lisbon")  # said in Chat 51, not in its title
+    expect(links).to_have_text(["Chat 51"])
+    expect(page.locator("#live-status")).to_have_text("1 conversation matches.")
+    expect(page.locator("#list-heading")).to_have_text("Matching “lisbon”")
+    search.fill("chat 0")
+    expect(links).to_have_count(10)
+    search.fill("nothing like this")
+    expect(page.locator("#conversation-list")).to_have_text("No conversations match.")
+    shot(page, "07e-search-nothing")
+    search.press("Escape")
+    expect(links).to_have_count(50)
+    expect(page.get_by_role("link", name="Show older")).to_be_visible()
+    links.last.click()
+    expect(page).to_have_url(UUID_PATH)
+    expect(page.locator("#chat-title")).to_have_text("Chat 49")
 
 
 def test_a_cut_websocket_reconnects_and_the_reply_completes(new_page, slow_site):

@@ -33,6 +33,11 @@ const toast = $("toast");
 const conversationField = $("conversation-field");
 const conversationList = $("conversation-list");
 const title = $("chat-title");
+const searchForm = $("search-form");
+const searchBox = $("search");
+const searchError = $("search-error");
+const listHeading = $("list-heading");
+const showOlder = $("show-older");
 const sidebarToggle = $("sidebar-toggle");
 const sidebar = $("sidebar");
 const backdrop = $("sidebar-backdrop");
@@ -55,6 +60,8 @@ const state = {
   lastFailed: null, // {text, memory}: what Retry sends again
   forgetting: false,
   renaming: null, // the conversation this tab asked to rename, for its "Renamed." note
+  query: searchBox.value.trim(), // what the conversation list is filtered by ("" for all)
+  listing: null, // the AbortController of the list request under way
   resyncing: false, // a delta went missing: a snapshot is on its way
   socket: null,
   retryDelay: 500,
@@ -324,21 +331,113 @@ function conversationLink(id) {
   return conversationList.querySelector(`a[data-conversation="${CSS.escape(id)}"]`);
 }
 
+function markEmptyList() {
+  if (!conversationList.children.length) conversationList.append(el("li", "empty-list", state.query ? "No conversations match." : "No conversations yet."));
+}
+
+function conversationItem(id, name) {
+  const item = el("li");
+  const link = el("a");
+  link.href = `/c/${id}/`;
+  link.dataset.conversation = id;
+  if (id === state.conversation) link.setAttribute("aria-current", "page");
+  nameLink(link, name);
+  item.append(link);
+  return item;
+}
+
 // The conversation's link in the list, added at the top if it is not there yet.
 function listConversation(id, name) {
   let link = conversationLink(id);
   if (!link) {
     conversationList.querySelector(".empty-list")?.remove();
-    const item = el("li");
-    link = el("a");
-    link.href = `/c/${id}/`;
-    link.dataset.conversation = id;
-    item.append(link);
+    const item = conversationItem(id, name);
     conversationList.prepend(item);
+    link = item.firstElementChild;
   }
   nameLink(link, name);
   return link;
 }
+
+// News of a conversation elsewhere: while the list is filtered, one that does not show stays out
+// unless its title matches (its messages are the server's to search).
+function listConversationNews(id, name) {
+  const shown = conversationLink(id);
+  if (!shown && state.query && !(name || "").toLowerCase().includes(state.query.toLowerCase())) return;
+  listConversation(id, name);
+  bumpConversation(id);
+}
+
+// Searching and paging the list: the same JSON API as programs use.
+async function loadList({ older = false } = {}) {
+  state.listing?.abort();
+  const listing = new AbortController();
+  state.listing = listing;
+  const params = new URLSearchParams();
+  if (state.query) params.set("q", state.query);
+  if (older) params.set("offset", showOlder.dataset.offset);
+  let body = null;
+  let problem = "";
+  try {
+    const response = await fetch(`/api/conversations/?${params}`, { signal: listing.signal, headers: { Accept: "application/json" } });
+    body = await response.json().catch(() => null);
+    if (!response.ok || !body) problem = body?.error?.message || "The list could not be loaded. Try again.";
+  } catch {
+    if (listing.signal.aborted) return; // a newer search took over
+    problem = "The list could not be loaded. Check the connection and try again.";
+  } finally {
+    if (state.listing === listing) state.listing = null;
+  }
+  if (problem) {
+    searchError.textContent = problem;
+    searchError.hidden = false;
+    return;
+  }
+  searchError.hidden = true;
+  const items = body.conversations.filter((c) => !(older && conversationLink(c.id))).map((c) => conversationItem(c.id, c.title));
+  if (older) conversationList.append(...items);
+  else conversationList.replaceChildren(...items);
+  markEmptyList();
+  listHeading.textContent = state.query ? `Matching “${state.query}”` : "Conversations";
+  if (state.query && !older) {
+    const found = body.conversations.length;
+    const more = body.next_offset === null ? "" : " or more";
+    announce(!found ? "No conversations match." : found === 1 ? "1 conversation matches." : `${found}${more} conversations match.`);
+  }
+  showOlder.hidden = body.next_offset === null;
+  showOlder.dataset.offset = body.next_offset ?? "";
+  params.set("offset", showOlder.dataset.offset);
+  showOlder.href = `?${params}`;
+}
+
+let searchTimer = null;
+searchBox.addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    const query = searchBox.value.replace(/\s+/g, " ").trim();
+    if (query === state.query) return;
+    state.query = query;
+    loadList();
+  }, 250);
+});
+searchForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  clearTimeout(searchTimer);
+  state.query = searchBox.value.replace(/\s+/g, " ").trim();
+  loadList();
+});
+searchBox.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && searchBox.value) {
+    event.preventDefault();
+    event.stopPropagation();
+    searchBox.value = "";
+    searchBox.dispatchEvent(new Event("input"));
+  }
+});
+showOlder.addEventListener("click", (event) => {
+  event.preventDefault();
+  loadList({ older: true });
+});
 
 function nameLink(link, name) {
   link.textContent = name || "Untitled";
@@ -356,7 +455,7 @@ function setHasThread(hasThread) {
 // the page becomes a new chat, keeping whatever is in the message box.
 function dropConversation(id) {
   conversationLink(id)?.parentElement.remove();
-  if (!conversationList.children.length) conversationList.append(el("li", "empty-list", "No conversations yet."));
+  markEmptyList();
   if (id !== state.conversation) return;
   state.conversation = null;
   state.activeRun = null;
@@ -440,8 +539,7 @@ const handlers = {
   },
   // Said in another tab, window or program: the conversation goes to the top of the list.
   "conversation.active"(frame) {
-    listConversation(frame.conversation, frame.title);
-    bumpConversation(frame.conversation);
+    listConversationNews(frame.conversation, frame.title);
   },
   // Renamed here or anywhere else: the list keeps its order, only the name changes.
   "conversation.renamed"(frame) {
