@@ -11,6 +11,7 @@ bytes. httpcore's errors and timeouts mean what they meant before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from typing import Any
@@ -218,6 +219,16 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The one TLS context of every transport in the process (httpx's default: the system's or
+    certifi's CAs, `SSL_CERT_FILE` honoured). httpx makes one per transport unless given one,
+    reading the CA bundle each time (40 ms here), and a RunBackend has 17 transports: its
+    creation, at the first message a process relays, held the event loop for most of a
+    second, every socket with it."""
+    return httpx.create_ssl_context()
+
+
 def asyncio_transport(*, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     """httpx's own transport (its request handling, its error mapping) over these sockets.
 
@@ -226,7 +237,7 @@ def asyncio_transport(*, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     version lay itself out otherwise, the transport keeps its default sockets and the test of
     which sockets the run backend uses fails.
     """
-    transport = httpx.AsyncHTTPTransport(limits=limits)
+    transport = httpx.AsyncHTTPTransport(limits=limits, verify=tls_context())
     pool = getattr(transport, "_pool", None)
     if isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(pool, "_network_backend"):
         pool._network_backend = AsyncioBackend()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from contextlib import aclosing
 
 import httpx
@@ -272,3 +273,21 @@ async def test_read_timeout_is_typed():
 
     with pytest.raises(BackendTimeout):
         await collect(mocked(read_timeout), text="hi")
+
+
+async def test_backends_read_the_ca_bundle_once_not_once_per_client(monkeypatch):
+    """Each read is some 40 ms of the event loop; a backend has 17 clients, made when a process
+    relays its first message, while every socket waits."""
+    reads = []
+    read = ssl.SSLContext.load_verify_locations
+
+    def counted(context, *args, **kwargs):
+        reads.append(args or kwargs)
+        return read(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    config = BackendConfig.from_settings()
+    backends = [RunBackend(config), RunBackend(config)]
+    assert len(reads) <= 1  # none if this process has made its one context already
+    for backend in backends:
+        await backend.aclose()
