@@ -336,6 +336,31 @@ def test_stop_keeps_the_partial_reply_and_says_it_was_stopped(new_page, slow_sit
     expect(replies(page).last.locator(".body")).to_have_text(partial)
 
 
+def test_a_reader_who_scrolls_up_stays_put_and_latest_brings_them_back(new_page, slow_site):
+    page = new_page(viewport={"width": 900, "height": 520})
+    page.goto(slow_site.url)
+    log = page.locator("#log")
+    jump = page.get_by_role("button", name="Latest")
+    expect(jump).to_be_hidden()
+    say(page, "\n".join(f"- point {index}" for index in range(1, 26)))
+    expect(streaming(page)).to_contain_text("w3")
+    at_end = "log => log.scrollHeight - log.scrollTop - log.clientHeight < 96"
+    assert log.evaluate(at_end)
+
+    log.evaluate("log => { log.scrollTop = 0; }")  # up, to read the list
+    expect(jump).to_be_visible()
+    expect(streaming(page)).to_contain_text("w15")
+    assert log.evaluate("log => log.scrollTop") == 0  # the new text did not pull the view down
+    shot(page, "04b-jump-to-latest")
+
+    jump.click()
+    expect(jump).to_be_hidden()
+    assert log.evaluate(at_end)
+    expect(replies(page)).to_have_count(1)  # the rest streamed in at the end, followed
+    assert log.evaluate(at_end)
+    expect(jump).to_be_hidden()
+
+
 def test_the_whole_chat_works_from_the_keyboard(new_page, slow_site):
     page = new_page()
     page.goto(slow_site.url)

@@ -29,6 +29,7 @@ const banner = $("banner");
 const bannerText = $("banner-text");
 const retryButton = $("retry");
 const liveStatus = $("live-status");
+const jumpButton = $("jump-latest");
 const toast = $("toast");
 const conversationField = $("conversation-field");
 const conversationList = $("conversation-list");
@@ -217,16 +218,26 @@ function scrollToEnd() {
 // The reader is "at the end" until they scroll up; a resize (a phone's keyboard, a rotated
 // screen) keeps them there.
 let pinnedToEnd = true;
-log.addEventListener("scroll", () => { pinnedToEnd = nearBottom(); }, { passive: true });
+log.addEventListener("scroll", () => {
+  pinnedToEnd = nearBottom();
+  jumpButton.hidden = pinnedToEnd;
+}, { passive: true });
 new ResizeObserver(() => { if (pinnedToEnd) scrollToEnd(); }).observe(log);
 
-// Keeps the view pinned to the newest text only if the reader was already at the end.
+// Keeps the view pinned to the newest text only if the reader was already at the end; a reader
+// who scrolled up gets a button back to it.
 function keepingEnd(change) {
   const pinned = nearBottom();
   const result = change();
   if (pinned) scrollToEnd();
+  else jumpButton.hidden = false;
   return result;
 }
+
+jumpButton.addEventListener("click", () => {
+  scrollToEnd();
+  jumpButton.hidden = true;
+});
 
 function removeEmptyState() {
   $("empty-state")?.remove();
