@@ -215,10 +215,11 @@ async def conversation_rename_form(
             renamed = await services.conversation_rename(
                 owner=owner, conversation_id=conversation.id, title=typed
             )
+        except NotFound:  # deleted meanwhile: as Forget and Delete answer it
+            return await sync_to_async(render)(request, "runs/not_found.html", status=404)
         except ChatError as exc:
             context["error"] = exc.message
-            status = 404 if exc.code == NotFound.code else 400
-            return await sync_to_async(render)(request, "runs/rename.html", context, status=status)
+            return await sync_to_async(render)(request, "runs/rename.html", context, status=400)
         await sync_to_async(flash.success)(request, f"Renamed to “{renamed.title}”.")
         return redirect(reverse("conversation", args=[conversation.id]))
     return await sync_to_async(render)(request, "runs/rename.html", context)
