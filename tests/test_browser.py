@@ -361,6 +361,30 @@ def test_a_reader_who_scrolls_up_stays_put_and_latest_brings_them_back(new_page,
     expect(jump).to_be_hidden()
 
 
+def test_a_half_typed_message_survives_a_reload_until_it_is_sent(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    message_box(page).fill("a thought in progress")
+    page.reload()
+    expect(message_box(page)).to_have_value("a thought in progress")
+    message_box(page).press("Enter")
+    reply_is(page, 1, echo("a thought in progress", 1))
+    expect(page).to_have_url(UUID_PATH)
+    page.reload()
+    expect(message_box(page)).to_have_value("")  # sent: no longer a draft
+
+    message_box(page).fill("the next one, unsent")
+    page.reload()
+    expect(message_box(page)).to_have_value("the next one, unsent")
+    page.get_by_role("link", name="New chat").click()
+    expect(message_box(page)).to_have_value("")  # each conversation keeps its own
+    page.go_back()
+    expect(message_box(page)).to_have_value("the next one, unsent")
+    message_box(page).fill("")
+    page.reload()
+    expect(message_box(page)).to_have_value("")
+
+
 def test_the_whole_chat_works_from_the_keyboard(new_page, slow_site):
     page = new_page()
     page.goto(slow_site.url)

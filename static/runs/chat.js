@@ -48,7 +48,8 @@ const MEMORY_OFF = "Memory off: each message is answered on its own.";
 const RETRYABLE = new Set(["backend_unavailable", "backend_error", "backend_timeout", "busy", "rate_limited", "connection", "internal_error"]);
 const TITLE_CHARS = 60;
 const NEAR_BOTTOM_PX = 96;
-// A draft carried over the reload when the session changes in another tab.
+// A draft carried over the reload when the session changes in another tab (it may land on
+// another conversation's page).
 const DRAFT_KEY = "chat:draft";
 
 const state = {
@@ -682,6 +683,23 @@ function restoreDraft(text) {
   if (!textBox.value.trim()) {
     textBox.value = text;
     autosize();
+    draftSave();
+  }
+}
+
+// What is typed survives a reload of this tab, kept per conversation (a new chat has its own)
+// in the tab's session storage, until it is sent.
+function draftKeyFor(conversation) {
+  return `chat:draft:${conversation || "new"}`;
+}
+
+function draftSave() {
+  try {
+    const key = draftKeyFor(state.conversation);
+    if (textBox.value.trim()) sessionStorage.setItem(key, textBox.value);
+    else sessionStorage.removeItem(key);
+  } catch {
+    // No storage (private mode, quota): the box still works, without the safety net.
   }
 }
 
@@ -703,6 +721,7 @@ function sendPending() {
   if (textBox.value.trim() === pending.text) {
     textBox.value = "";
     autosize();
+    draftSave();
   }
   return true;
 }
@@ -734,7 +753,10 @@ function autosize() {
   textBox.style.height = "auto";
   textBox.style.height = `${textBox.scrollHeight + 2}px`;
 }
-textBox.addEventListener("input", autosize);
+textBox.addEventListener("input", () => {
+  autosize();
+  draftSave();
+});
 
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape" || event.defaultPrevented || forgetDialog.open || deleteDialog.open || renameDialog.open) return;
@@ -860,7 +882,7 @@ narrow.addEventListener("change", () => closeSidebar(false));
 
 const emptyState = $("empty-state")?.cloneNode(true);
 try {
-  restoreDraft(sessionStorage.getItem(DRAFT_KEY) || "");
+  restoreDraft(sessionStorage.getItem(DRAFT_KEY) || sessionStorage.getItem(draftKeyFor(state.conversation)) || "");
   sessionStorage.removeItem(DRAFT_KEY);
 } catch {
   // No storage: nothing was carried over.
