@@ -571,6 +571,16 @@ def test_signing_in_or_out_in_another_tab_brings_this_tab_along_with_its_draft(
     expect(tab.locator("#conversation-list a")).to_have_count(0)
     expect(message_box(tab)).to_have_value("another thought")
 
+    # Signing out in this very tab takes its drafts along with the session.
+    tab.goto(f"{site.url}/accounts/login/")
+    tab.get_by_label("Username").fill("gale")
+    tab.get_by_label("Password").fill("pw-gale-12345")
+    tab.get_by_role("button", name="Sign in").click()
+    message_box(tab).fill("a draft of the account's")
+    tab.get_by_role("button", name="Sign out").click()
+    expect(tab.get_by_role("link", name="Sign in")).to_be_visible()
+    expect(message_box(tab)).to_have_value("")
+
 
 def test_search_finds_a_conversation_by_what_was_said_and_show_older_pages_the_list(
     new_page, site, workdir

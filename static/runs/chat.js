@@ -617,10 +617,13 @@ const handlers = {
 // one (the same conversation after a sign-in, which adopted it; a new chat after a sign-out),
 // keeping what was typed or on its way.
 function leaveSession(reason) {
+  if (state.leaving) return; // on its way out already (this tab signed out)
   state.leaving = true;
   clearTimeout(state.reconnectTimer);
   const draft = textBox.value.trim() ? textBox.value : state.pending?.text;
   try {
+    // Signed out, the drafts of the account's conversations go; the one in hand comes along.
+    if (reason !== "signed_in") draftsClear();
     if (draft) sessionStorage.setItem(DRAFT_KEY, draft);
   } catch {
     // Storage refused (private mode, quota): the page still follows the session.
@@ -692,6 +695,21 @@ function restoreDraft(text) {
 function draftKeyFor(conversation) {
   return `chat:draft:${conversation || "new"}`;
 }
+
+function draftsClear() {
+  Object.keys(sessionStorage).filter((key) => key.startsWith("chat:draft:")).forEach((key) => sessionStorage.removeItem(key));
+}
+
+// Signing out here: the drafts of this tab go with the session, and the word of it that this
+// tab's socket may get first carries nothing over.
+$("sign-out")?.addEventListener("submit", () => {
+  state.leaving = true;
+  try {
+    draftsClear();
+  } catch {
+    // No storage: nothing kept.
+  }
+});
 
 function draftSave() {
   try {
