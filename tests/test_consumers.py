@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from channels.db import database_sync_to_async
+from django.contrib.auth.models import User
 
 from runs import services
 from runs.backend import get_backend
@@ -526,15 +527,21 @@ async def test_every_tab_of_the_owner_hears_of_new_and_deleted_conversations(
     assert not await Conversation.objects.filter(pk=conv).aexists()
 
 
+async def a_visitor_who_has_an_account(socket_factory, name: str, said: str):
+    """An account `name` (password `pw-<name>-12345`), and a visitor's tab, not yet signed in,
+    that has said `said`: (the user, the visitor's cookie, the tab, the run's final frame)."""
+    user = await User.objects.acreate_user(name, password=f"pw-{name}-12345")
+    cookie = await database_sync_to_async(session_cookie_for)()
+    tab = await socket_factory(cookie)
+    return user, cookie, tab, await tab.chat(said, memory=False)
+
+
 async def test_signing_in_or_out_in_another_tab_sends_that_browsers_sockets_away(
     backend_url, socket_factory
 ):
-    from django.contrib.auth.models import User
-
-    user = await User.objects.acreate_user("erin", password="pw-erin-12345")
-    cookie = await database_sync_to_async(session_cookie_for)()
-    tab = await socket_factory(cookie)
-    before = await tab.chat("before signing in", memory=False)
+    user, cookie, tab, before = await a_visitor_who_has_an_account(
+        socket_factory, "erin", "before signing in"
+    )
     stranger = await socket_factory(await database_sync_to_async(session_cookie_for)())
 
     browser = api_client_for(cookie)  # the same browser, signing in on another tab
@@ -571,12 +578,9 @@ async def test_signing_in_or_out_in_another_tab_sends_that_browsers_sockets_away
 async def test_a_conversation_started_while_signing_in_goes_to_the_account_too(
     backend_url, socket_factory
 ):
-    from django.contrib.auth.models import User
-
-    user = await User.objects.acreate_user("finn", password="pw-finn-12345")
-    cookie = await database_sync_to_async(session_cookie_for)()
-    tab = await socket_factory(cookie)
-    started = await tab.chat("just as I sign in", memory=False)
+    user, _, tab, started = await a_visitor_who_has_an_account(
+        socket_factory, "finn", "just as I sign in"
+    )
     # The sign-in's adoption ran before this conversation was saved; its word comes after.
     visitor = (await conversation(started["conversation"])).session_key
     await services.session_ended_publish(
