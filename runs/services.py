@@ -172,6 +172,11 @@ def conversations_adopt(*, user_id: int, visitor_key: str) -> int:
 # Text.
 
 
+def _one_line(text: str) -> str:
+    """`text` with every run of whitespace, line breaks included, made one space, and trimmed."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def _storable_check(value: str, *, name: str) -> None:
     """Refuses what no database column can keep: lone surrogates and NUL characters."""
     try:
@@ -201,7 +206,7 @@ def conversation_title_clean(*, title: Any) -> str:
     """A title as the user typed it, on one line, or a clear refusal."""
     if not isinstance(title, str):
         raise InvalidRequest("`title` is required and must be a string.")
-    cleaned = re.sub(r"\s+", " ", title).strip()
+    cleaned = _one_line(title)
     if not cleaned:
         raise InvalidRequest("A title cannot be blank.")
     _storable_check(cleaned, name="title")
@@ -224,7 +229,7 @@ def conversation_search_clean(*, query: Any) -> str:
         return ""
     if not isinstance(query, str):
         raise InvalidRequest("`q` must be a string.")
-    cleaned = re.sub(r"\s+", " ", query).strip()
+    cleaned = _one_line(query)
     _storable_check(cleaned, name="q")
     if len(cleaned) > SEARCH_CHARS:
         raise InvalidRequest(
@@ -247,7 +252,7 @@ def list_offset_clean(*, offset: Any) -> int:
 
 
 def _title_from(text: str) -> str:
-    title = re.sub(r"\s+", " ", text).strip()
+    title = _one_line(text)
     return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1].rstrip() + "…"
 
 

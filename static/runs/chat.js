@@ -62,7 +62,7 @@ const state = {
   lastFailed: null, // {text, memory}: what Retry sends again
   forgetting: false,
   renaming: null, // the conversation this tab asked to rename, for its "Renamed." note
-  query: searchBox.value.trim(), // what the conversation list is filtered by ("" for all)
+  query: oneLine(searchBox.value), // what the conversation list is filtered by ("" for all)
   listing: null, // the AbortController of the list request under way
   resyncing: false, // a delta went missing: a snapshot is on its way
   socket: null,
@@ -311,8 +311,13 @@ function setMemory(enabled) {
   memoryHelp.textContent = enabled ? MEMORY_ON : MEMORY_OFF;
 }
 
+// Every run of whitespace made one space, and trimmed: as the server does to titles and searches.
+function oneLine(text) {
+  return text.replace(/\s+/g, " ").trim();
+}
+
 function titleFrom(text) {
-  const clean = text.replace(/\s+/g, " ").trim();
+  const clean = oneLine(text);
   return clean.length <= TITLE_CHARS ? clean : `${clean.slice(0, TITLE_CHARS - 1).trimEnd()}…`;
 }
 
@@ -426,7 +431,7 @@ let searchTimer = null;
 searchBox.addEventListener("input", () => {
   clearTimeout(searchTimer);
   searchTimer = setTimeout(() => {
-    const query = searchBox.value.replace(/\s+/g, " ").trim();
+    const query = oneLine(searchBox.value);
     if (query === state.query) return;
     state.query = query;
     loadList();
@@ -435,7 +440,7 @@ searchBox.addEventListener("input", () => {
 searchForm.addEventListener("submit", (event) => {
   event.preventDefault();
   clearTimeout(searchTimer);
-  state.query = searchBox.value.replace(/\s+/g, " ").trim();
+  state.query = oneLine(searchBox.value);
   loadList();
 });
 searchBox.addEventListener("keydown", (event) => {
