@@ -47,6 +47,15 @@ def login_required_if_configured(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+def not_found_page(request: HttpRequest) -> HttpResponse:
+    """No such conversation, or another's: answered exactly alike, by every page."""
+    return render(request, "runs/not_found.html", status=404)
+
+
+async def _not_found(request: HttpRequest) -> HttpResponse:
+    return await sync_to_async(not_found_page)(request)
+
+
 def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse:
     if refusal := login_required_if_configured(request):
         return refusal
@@ -57,7 +66,7 @@ def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse
         try:
             conversation = conversation_get(owner=owner, conversation_id=conversation_id)
         except NotFound:
-            return render(request, "runs/not_found.html", status=404)
+            return not_found_page(request)
         transcript = transcript_rows(conversation=conversation)
     active_run = None
     if (
@@ -106,7 +115,7 @@ async def chat_form_send(request: HttpRequest) -> HttpResponse:
             memory=memory,
         )
     except NotFound:
-        return await sync_to_async(render)(request, "runs/not_found.html", status=404)
+        return await _not_found(request)
     except ChatError as exc:
         await sync_to_async(flash.error)(request, exc.message)
         target = (
@@ -137,7 +146,7 @@ def conversation_page(view: ConversationPage) -> Callable[..., Awaitable[HttpRes
                 owner=owner, conversation_id=conversation_id
             )
         except NotFound:
-            return await sync_to_async(render)(request, "runs/not_found.html", status=404)
+            return await _not_found(request)
         return await view(request, owner, conversation)
 
     return wrapper
@@ -157,7 +166,7 @@ async def _confirm_then(
         try:
             done, target = await act(owner, conversation)
         except NotFound:  # gone meanwhile
-            return await sync_to_async(render)(request, "runs/not_found.html", status=404)
+            return await _not_found(request)
         except ChatError as exc:
             await sync_to_async(flash.error)(request, exc.message)
             return redirect(reverse("conversation", args=[conversation.id]))
@@ -216,7 +225,7 @@ async def conversation_rename_form(
                 owner=owner, conversation_id=conversation.id, title=typed
             )
         except NotFound:  # deleted meanwhile: as Forget and Delete answer it
-            return await sync_to_async(render)(request, "runs/not_found.html", status=404)
+            return await _not_found(request)
         except ChatError as exc:
             context["error"] = exc.message
             return await sync_to_async(render)(request, "runs/rename.html", context, status=400)
