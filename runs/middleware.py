@@ -22,11 +22,7 @@ NOTICES = "_chat_session_ended_notices"
 
 def session_ended_notice(request: HttpRequest, **notice: Any) -> None:
     """Notes that the sockets of `notice["group"]` are to hear `services.session_ended_publish`."""
-    notices = getattr(request, NOTICES, None)
-    if notices is None:
-        notices = []
-        setattr(request, NOTICES, notices)
-    notices.append(notice)
+    vars(request).setdefault(NOTICES, []).append(notice)
 
 
 @sync_and_async_middleware

@@ -51,7 +51,7 @@ CONVERSATIONS_PER_PAGE = 50
 
 
 @dataclass(frozen=True, slots=True)
-class ConversationPage:
+class ConversationListPage:
     conversations: list[Conversation]
     offset: int  # how many newer ones (that match) come before this page
     more: bool  # older ones (that match) exist past this page
@@ -63,7 +63,7 @@ class ConversationPage:
 
 def conversation_list(
     *, owner: Owner, query: str = "", offset: int = 0, limit: int = CONVERSATIONS_PER_PAGE
-) -> ConversationPage:
+) -> ConversationListPage:
     """The owner's conversations, newest first, `limit` of them after the `offset` newest:
     with a `query`, only those whose title or any message contains it (case-insensitive)."""
     conversations = conversation_queryset(owner=owner)
@@ -71,7 +71,7 @@ def conversation_list(
         said = Message.objects.filter(conversation=OuterRef("pk"), text__icontains=query)
         conversations = conversations.filter(Q(title__icontains=query) | Exists(said))
     rows = list(conversations.order_by("-updated_at", "-pk")[offset : offset + limit + 1])
-    return ConversationPage(conversations=rows[:limit], offset=offset, more=len(rows) > limit)
+    return ConversationListPage(conversations=rows[:limit], offset=offset, more=len(rows) > limit)
 
 
 def conversation_get(*, owner: Owner, conversation_id: Any) -> Conversation:

@@ -51,6 +51,8 @@ const NEAR_BOTTOM_PX = 96;
 // A draft carried over the reload when the session changes in another tab (it may land on
 // another conversation's page).
 const DRAFT_KEY = "chat:draft";
+// A draft per conversation in this tab: DRAFT_PREFIX + the conversation's id, or "new".
+const DRAFT_PREFIX = "chat:draft:";
 
 const state = {
   conversation: chat.dataset.conversation || null,
@@ -698,11 +700,11 @@ function restoreDraft(text) {
 // What is typed survives a reload of this tab, kept per conversation (a new chat has its own)
 // in the tab's session storage, until it is sent.
 function draftKeyFor(conversation) {
-  return `chat:draft:${conversation || "new"}`;
+  return `${DRAFT_PREFIX}${conversation || "new"}`;
 }
 
 function draftsClear() {
-  Object.keys(sessionStorage).filter((key) => key.startsWith("chat:draft:")).forEach((key) => sessionStorage.removeItem(key));
+  Object.keys(sessionStorage).filter((key) => key.startsWith(DRAFT_PREFIX)).forEach((key) => sessionStorage.removeItem(key));
 }
 
 // Signing out here: the drafts of this tab go with the session, and the word of it that this
