@@ -524,6 +524,8 @@ class RunAdmin(admin.ModelAdmin):
         parts = []
         for message in obj.messages.order_by("created_at"):
             label = "remembered" if message.remembered else "stateless"
+            if message.replaced_at:
+                label += ", replaced by a regenerated reply"
             parts.append(
                 format_html(
                     '<div class="run-message"><strong>{}</strong> <em>({})</em>'

@@ -35,6 +35,7 @@ STATUS_BY_CODE = {
     "login_required": 401,
     "not_found": 404,
     "busy": 409,
+    "no_reply": 409,
     "text_too_long": 413,
     "rate_limited": 429,
     "backend_error": 502,
@@ -104,15 +105,30 @@ async def chat(request: HttpRequest, owner: Owner) -> JsonResponse:
         text=text,
         memory=bool_field(body, "memory"),
     )
+    return reply_response(outcome)
+
+
+@require_http_methods(["POST"])
+@api_view
+async def conversation_regenerate(
+    request: HttpRequest, owner: Owner, conversation_id: uuid.UUID
+) -> JsonResponse:
+    outcome = await services.chat_regenerate_wait(owner=owner, conversation_id=conversation_id)
+    return reply_response(outcome)
+
+
+def reply_response(outcome: services.WaitOutcome) -> JsonResponse:
     if outcome.error is not None:
         # The user's message and the partial reply are saved; the error says what happened.
         return error_response(outcome.error.code, outcome.error.message)
+    replaced = outcome.started.replaces
     return JsonResponse(
         {
             "conversation": str(outcome.started.conversation.id),
             "run": str(outcome.started.run.id),
             "mode": outcome.started.run.mode,
             "reply": outcome.final_frame["message"],
+            "replaces": str(replaced.id) if replaced else None,
         }
     )
 

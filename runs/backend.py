@@ -37,6 +37,9 @@ MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
 
 STREAM_MODES = ["messages-tuple", "updates"]
 _AI_CHUNK_TYPES = frozenset({"AIMessageChunk", "ai"})
+# Checkpoints of a thread read back to find where its last run began: a run of agent/'s graph
+# writes three (its input, then one a step), so ten leave room for a graph with a few more.
+FORK_HISTORY_LIMIT = 10
 
 
 # Typed results.
@@ -76,6 +79,14 @@ class BackendMessage:
 class ThreadState:
     thread_id: str
     messages: list[BackendMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class ForkPoint:
+    """Where a thread stood before one of its runs: run from `checkpoint_id` to do that run
+    again as if it had never happened. None when the run was the thread's first."""
+
+    checkpoint_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +273,33 @@ class RunBackend:
             body = _loads(response.content)
         return ThreadState(thread_id=thread_id, messages=_messages_of(body.get("values")))
 
+    async def thread_fork_point(self, *, thread_id: str, run_id: str) -> ForkPoint | None:
+        """Where the thread stood before run `run_id` wrote to it; None when the thread holds
+        nothing of that run (it failed before its input was saved, say). Looks through the
+        thread's newest checkpoints: the run asked about is its last."""
+        async with _translated_errors():
+            response = await self._control.post(
+                f"/threads/{thread_id}/history", json={"limit": FORK_HISTORY_LIMIT}
+            )
+            _raise_for_status(response, thread_id=thread_id)
+            states = _loads(response.content)
+        if not isinstance(states, list):
+            raise MalformedStream()
+        oldest_of_run = None  # newest first: the run's first checkpoint comes last
+        for state in states:
+            metadata = state.get("metadata") if isinstance(state, dict) else None
+            if isinstance(metadata, dict) and metadata.get("run_id") == run_id:
+                oldest_of_run = state
+        if oldest_of_run is None:
+            return None
+        if oldest_of_run["metadata"].get("source") != "input":
+            # The run began further back than the page read: forking from its middle would
+            # keep half of it in the memory.
+            raise BackendError("The assistant's memory of that reply could not be found.")
+        parent = oldest_of_run.get("parent_checkpoint")
+        checkpoint_id = parent.get("checkpoint_id") if isinstance(parent, dict) else None
+        return ForkPoint(checkpoint_id=str(checkpoint_id) if checkpoint_id else None)
+
     # Runs.
 
     def _run_body(
@@ -272,6 +310,7 @@ class RunBackend:
         on_disconnect: OnDisconnect,
         multitask_strategy: MultitaskStrategy,
         stream: bool,
+        checkpoint_id: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "assistant_id": self.config.assistant_id,
@@ -285,6 +324,8 @@ class RunBackend:
             body["on_completion"] = "delete"
         else:
             body["multitask_strategy"] = multitask_strategy
+            if checkpoint_id:
+                body["checkpoint_id"] = checkpoint_id
         return body
 
     async def run_stream(
@@ -294,8 +335,11 @@ class RunBackend:
         thread_id: str | None = None,
         on_disconnect: OnDisconnect = "cancel",
         multitask_strategy: MultitaskStrategy = "reject",
+        checkpoint_id: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        """Starts a run (stateless without `thread_id`) and yields its events.
+        """Starts a run (stateless without `thread_id`) and yields its events. With
+        `checkpoint_id` the run goes on from that checkpoint of the thread, not from its
+        latest: what came after it is no longer the thread's memory.
 
         The first event is always `RunStarted`. Close the generator (`contextlib.aclosing`)
         to drop the stream; with `on_disconnect="cancel"` that cancels the run.
@@ -307,6 +351,7 @@ class RunBackend:
             on_disconnect=on_disconnect,
             multitask_strategy=multitask_strategy,
             stream=True,
+            checkpoint_id=checkpoint_id,
         )
         client = next(self._next_stream)
         started = False
@@ -357,8 +402,10 @@ class RunBackend:
         text: str,
         thread_id: str | None = None,
         multitask_strategy: MultitaskStrategy = "reject",
+        checkpoint_id: str | None = None,
     ) -> WaitResult:
-        """Runs to the end (stateless without `thread_id`) and returns the final state."""
+        """Runs to the end (stateless without `thread_id`) and returns the final state;
+        `checkpoint_id` as in `run_stream`."""
         path = "/runs/wait" if thread_id is None else f"/threads/{thread_id}/runs/wait"
         body = self._run_body(
             text=text,
@@ -366,6 +413,7 @@ class RunBackend:
             on_disconnect="cancel",
             multitask_strategy=multitask_strategy,
             stream=False,
+            checkpoint_id=checkpoint_id,
         )
         timeout = httpx.Timeout(
             connect=self.config.connect_timeout,

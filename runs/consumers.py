@@ -223,6 +223,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             memory=memory,
             client_id=client_id,
         )
+        await self.launch(started)
+
+    async def on_chat_regenerate(self, frame: dict[str, Any], client_id: str | None) -> None:
+        conversation_id = _uuid_field(frame, "conversation")
+        started = await services.chat_regenerate(
+            owner=self.owner, conversation_id=conversation_id, client_id=client_id
+        )
+        await self.launch(started)
+
+    async def launch(self, started: services.StartedRun) -> None:
         # Subscribe before the run is announced, so this socket sees all of it.
         await self.watch(started.conversation.id)
         _, started_text = await services.run_launch(started, origin_channel=self.channel_name)
@@ -276,6 +286,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     FRAME_HANDLERS = {
         "chat.send": on_chat_send,
+        "chat.regenerate": on_chat_regenerate,
         "chat.cancel": on_chat_cancel,
         "conversation.watch": on_conversation_watch,
         "conversation.memory": on_conversation_memory,

@@ -117,6 +117,11 @@ class Busy(ChatError):
     default_message = "The assistant is still answering in this conversation."
 
 
+class NoReply(ChatError):
+    code = "no_reply"
+    default_message = "This conversation has no reply to regenerate yet."
+
+
 class RateLimited(ChatError):
     code = "rate_limited"
     default_message = "Too many messages. Wait a moment and try again."

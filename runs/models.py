@@ -135,6 +135,8 @@ class Message(models.Model):
         Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # A reply the user asked to regenerate: kept for review, left out of the transcript.
+    replaced_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at"]

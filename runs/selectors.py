@@ -68,7 +68,9 @@ def conversation_list(
     with a `query`, only those whose title or any message contains it (case-insensitive)."""
     conversations = conversation_queryset(owner=owner)
     if query:
-        said = Message.objects.filter(conversation=OuterRef("pk"), text__icontains=query)
+        said = Message.objects.filter(
+            conversation=OuterRef("pk"), replaced_at__isnull=True, text__icontains=query
+        )
         conversations = conversations.filter(Q(title__icontains=query) | Exists(said))
     rows = list(conversations.order_by("-updated_at", "-pk")[offset : offset + limit + 1])
     return ConversationListPage(conversations=rows[:limit], offset=offset, more=len(rows) > limit)
@@ -115,6 +117,11 @@ def conversation_to_dict(conversation: Conversation) -> dict[str, Any]:
 
 
 def transcript_rows(*, conversation: Conversation) -> list[dict[str, Any]]:
-    """The conversation's messages, oldest first, as protocol v1 messages (two queries)."""
-    messages = conversation.messages.select_related("run").order_by("created_at")
+    """The conversation's messages, oldest first, as protocol v1 messages (one query). Replies
+    that were regenerated are left out."""
+    messages = (
+        conversation.messages.filter(replaced_at__isnull=True)
+        .select_related("run")
+        .order_by("created_at")
+    )
     return [message_to_dict(message, message.run) for message in messages]

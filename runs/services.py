@@ -38,6 +38,7 @@ from runs.exceptions import (
     ChatError,
     EmptyText,
     InvalidRequest,
+    NoReply,
     NotFound,
     RateLimited,
     RunConflict,
@@ -260,12 +261,12 @@ def _title_from(text: str) -> str:
 
 
 def _rate_limit_check(*, owner: Owner) -> None:
-    """At most CHAT_RATE_LIMIT messages a minute per user or visitor, counted in the database
-    so that it holds across processes."""
+    """At most CHAT_RATE_LIMIT messages (or replies regenerated) a minute per user or visitor,
+    counted in the database so that it holds across processes."""
     limit = settings.CHAT_RATE_LIMIT
     if limit <= 0:
         return
-    sent = sql.owner_user_messages_count(
+    sent = sql.owner_runs_count(
         user_id=owner.user_id,
         session_key=owner.session_key,
         since=timezone.now() - timedelta(minutes=1),
@@ -281,6 +282,10 @@ class StartedRun:
     user_message: Message
     text: str
     client_id: str | None = None
+    replaces: Message | None = None  # the reply a regeneration takes the place of
+    # The backend run of that reply, when the thread remembers it: the new run goes on from
+    # where the thread stood before it.
+    fork_run_id: str = ""
 
     def started_frame(self) -> dict[str, Any]:
         return {
@@ -290,7 +295,35 @@ class StartedRun:
             "mode": self.run.mode,
             "user_message": message_to_dict(self.user_message),
             "client_id": self.client_id,
+            "replaces": str(self.replaces.id) if self.replaces else None,
         }
+
+
+def _run_claim(
+    *, conversation: Conversation, mode: str, relay_channel: str, changes: dict[str, Any]
+) -> Run:
+    """Saves a pending run and claims the conversation for it, with `changes` to its row; Busy
+    when a run of it is active. The claim: only the request that sets active_run from empty (or
+    from a finished run) may start a run, whichever process it runs in."""
+    run = sql.row_insert(
+        Run(
+            heartbeat_at=timezone.now(),
+            relay_channel=relay_channel,
+            conversation=conversation,
+            mode=mode,
+            thread_id=conversation.thread_id if mode == Run.Mode.THREAD else "",
+        )
+    )
+    claim = {"active_run": run, **changes, "updated_at": timezone.now()}
+    if not sql.conversation_claim(
+        conversation_id=conversation.pk,
+        values={**claim, "active_run": run.pk},
+        active_statuses=Run.ACTIVE_STATUSES,
+    ):
+        raise Busy()
+    for name, value in claim.items():  # the row as the update left it, without a read
+        setattr(conversation, name, value)
+    return run
 
 
 def _chat_start(
@@ -318,29 +351,12 @@ def _chat_start(
                 raise NotFound()
             if conversation.active_run_status in Run.ACTIVE_STATUSES:
                 raise Busy()
-        mode = Run.Mode.THREAD if memory else Run.Mode.STATELESS
-        run = sql.row_insert(
-            Run(
-                heartbeat_at=timezone.now(),
-                relay_channel=relay_channel,
-                conversation=conversation,
-                mode=mode,
-                thread_id=conversation.thread_id if memory else "",
-            )
+        run = _run_claim(
+            conversation=conversation,
+            mode=Run.Mode.THREAD if memory else Run.Mode.STATELESS,
+            relay_channel=relay_channel,
+            changes={"memory": memory, "title": conversation.title or _title_from(text)},
         )
-        # The claim: only the request that sets active_run from empty (or from a finished run)
-        # may start a run, whichever process it runs in.
-        claim = {
-            "memory": memory,
-            "title": conversation.title or _title_from(text),
-            "updated_at": timezone.now(),
-        }
-        if not sql.conversation_claim(
-            conversation_id=conversation.pk,
-            values={"active_run": run.pk, **claim},
-            active_statuses=Run.ACTIVE_STATUSES,
-        ):
-            raise Busy()
         user_message = sql.row_insert(
             Message(
                 conversation=conversation,
@@ -350,9 +366,6 @@ def _chat_start(
                 run=run,
             )
         )
-        conversation.active_run = run  # the row as the update left it, without a read
-        for name, value in claim.items():
-            setattr(conversation, name, value)
     return StartedRun(
         conversation=conversation,
         run=run,
@@ -362,22 +375,85 @@ def _chat_start(
     )
 
 
+async def _run_begin(save: Callable[..., StartedRun], *, owner: Owner, **fields: Any) -> StartedRun:
+    """Saves a run's start on the database thread (`save`, with the channel of this process's
+    relays), then tells the owner's other sockets."""
+    relay_channel = await relays_ensure()
+    started = await db_call(save)(owner=owner, relay_channel=relay_channel, **fields)
+    await conversation_active_publish(owner=owner, conversation=started.conversation)
+    return started
+
+
 async def chat_start(
     *, owner: Owner, conversation_id: Any, text: Any, memory: bool, client_id: str | None = None
 ) -> StartedRun:
     """Validates and saves the user's message and a pending run, before the backend is called."""
-    cleaned = message_text_clean(text=text)
-    relay_channel = await relays_ensure()
-    started = await db_call(_chat_start)(
+    return await _run_begin(
+        _chat_start,
         owner=owner,
         conversation_id=conversation_id,
-        text=cleaned,
+        text=message_text_clean(text=text),
         memory=memory,
         client_id=client_id,
-        relay_channel=relay_channel,
     )
-    await conversation_active_publish(owner=owner, conversation=started.conversation)
-    return started
+
+
+def _chat_regenerate(
+    *, owner: Owner, conversation_id: Any, client_id: str | None, relay_channel: str
+) -> StartedRun:
+    _rate_limit_check(owner=owner)
+    with transaction.atomic():
+        conversation = sql.owner_conversation_lock(
+            user_id=owner.user_id, session_key=owner.session_key, conversation_id=conversation_id
+        )
+        if conversation is None:
+            raise NotFound()
+        if conversation.active_run_status in Run.ACTIVE_STATUSES:
+            raise Busy()
+        shown = Message.objects.filter(conversation=conversation, replaced_at__isnull=True)
+        reply = shown.select_related("run").order_by("-created_at").first()
+        if reply is None or reply.role != Message.Role.ASSISTANT:
+            raise NoReply()
+        user_message = shown.filter(role=Message.Role.USER).order_by("-created_at").first()
+        if user_message is None:
+            raise NoReply()
+        # Asked again as it was asked: remembered or not, whatever the switch says now.
+        mode = Run.Mode.THREAD if user_message.remembered else Run.Mode.STATELESS
+        old_run = reply.run
+        fork_run_id = ""
+        if (
+            mode == Run.Mode.THREAD
+            and old_run is not None
+            and old_run.backend_run_id
+            and conversation.thread_id
+            and old_run.thread_id == conversation.thread_id
+        ):
+            fork_run_id = old_run.backend_run_id
+        run = _run_claim(
+            conversation=conversation, mode=mode, relay_channel=relay_channel, changes={}
+        )
+        reply.replaced_at = timezone.now()
+        sql.rows_update(Message, values={"replaced_at": reply.replaced_at}, pk=reply.pk)
+    return StartedRun(
+        conversation=conversation,
+        run=run,
+        user_message=user_message,
+        text=user_message.text,
+        client_id=client_id,
+        replaces=reply,
+        fork_run_id=fork_run_id,
+    )
+
+
+async def chat_regenerate(
+    *, owner: Owner, conversation_id: Any, client_id: str | None = None
+) -> StartedRun:
+    """Asks again for the conversation's last reply: a new run on its last message, as that
+    message was sent (remembered or not). The old reply is kept for review but leaves the
+    transcript, and, on the thread, the assistant's memory."""
+    return await _run_begin(
+        _chat_regenerate, owner=owner, conversation_id=conversation_id, client_id=client_id
+    )
 
 
 # The relay of a streamed run.
@@ -401,6 +477,8 @@ class LiveRun:
     mode: str
     text_in: str
     thread_id: str = ""
+    fork_run_id: str = ""
+    checkpoint_id: str | None = None
     backend_run_id: str = ""
     parts: list[str] = field(default_factory=list)  # published, as the watchers have it
     pending: list[str] = field(default_factory=list)  # received, published on the next turn
@@ -626,6 +704,8 @@ async def _on_backend(live: LiveRun, attempt: Callable[[str | None], Awaitable[N
     """Runs `attempt` stateless or on the conversation's thread, creating the thread lazily."""
     thread_id: str | None = None
     if live.mode == Run.Mode.THREAD:
+        if live.fork_run_id:
+            await _fork_point_find(live)
         thread_id = live.thread_id = live.thread_id or await _thread_new(live, lost=False)
     try:
         await attempt(thread_id)
@@ -634,8 +714,29 @@ async def _on_backend(live: LiveRun, attempt: Callable[[str | None], Awaitable[N
             raise
         # The thread was deleted behind the site's back: say so, and start a new memory.
         live.notice = MEMORY_LOST_NOTICE
+        live.checkpoint_id = None
         live.thread_id = await _thread_new(live, lost=True)
         await attempt(live.thread_id)
+
+
+async def _fork_point_find(live: LiveRun) -> None:
+    """A regeneration on the thread: its run goes on from where the thread stood before the
+    reply it replaces (`live.checkpoint_id`), so the memory holds the new reply, not the old.
+    When that reply was the thread's first, a new thread takes the old one's place."""
+    backend = get_backend()
+    try:
+        fork = await backend.thread_fork_point(thread_id=live.thread_id, run_id=live.fork_run_id)
+    except ThreadNotFound:
+        return  # the run finds the thread gone, and says so
+    if fork is None:
+        return  # the thread holds nothing of that reply: it goes on from its latest
+    if fork.checkpoint_id is not None:
+        live.checkpoint_id = fork.checkpoint_id
+        return
+    old_thread_id = live.thread_id
+    live.thread_id = await _thread_new(live, lost=False)
+    with contextlib.suppress(ChatError):  # the memory is the new thread's either way
+        await backend.thread_delete(thread_id=old_thread_id)
 
 
 async def _run_to_end(
@@ -675,7 +776,10 @@ async def _relay(live: LiveRun) -> None:
     backend = get_backend()
 
     async def stream(thread_id: str | None) -> None:
-        async with aclosing(backend.run_stream(text=live.text_in, thread_id=thread_id)) as events:
+        events = backend.run_stream(
+            text=live.text_in, thread_id=thread_id, checkpoint_id=live.checkpoint_id
+        )
+        async with aclosing(events):
             async for event in events:
                 if type(event) is TextDelta:
                     if live.first_token_at is None:
@@ -701,6 +805,7 @@ def _live_run(started: StartedRun) -> LiveRun:
         mode=started.run.mode,
         text_in=started.text,
         thread_id=started.run.thread_id,
+        fork_run_id=started.fork_run_id,
     )
     LIVE_RUNS[live.run_id] = live
     return live
@@ -742,12 +847,23 @@ async def chat_wait(*, owner: Owner, conversation_id: Any, text: Any, memory: bo
     started = await chat_start(
         owner=owner, conversation_id=conversation_id, text=text, memory=memory
     )
+    return await _run_wait(started)
+
+
+async def chat_regenerate_wait(*, owner: Owner, conversation_id: Any) -> WaitOutcome:
+    """`chat_regenerate` on a wait run (JSON API, the form without JavaScript)."""
+    return await _run_wait(await chat_regenerate(owner=owner, conversation_id=conversation_id))
+
+
+async def _run_wait(started: StartedRun) -> WaitOutcome:
     live = _live_run(started)
     await _run_announce(started)
     backend = get_backend()
 
     async def wait(thread_id: str | None) -> None:
-        result = await backend.run_wait(text=live.text_in, thread_id=thread_id)
+        result = await backend.run_wait(
+            text=live.text_in, thread_id=thread_id, checkpoint_id=live.checkpoint_id
+        )
         live.first_token_at = timezone.now()
         live.backend_run_id = result.run_id or ""
         live.parts = [result.reply]
@@ -1181,6 +1297,7 @@ def _export_line(conversation: Conversation) -> bytes:
                 "text": message.text,
                 "remembered": message.remembered,
                 "created_at": message.created_at.isoformat(),
+                "replaced_at": message.replaced_at.isoformat() if message.replaced_at else None,
                 "run": _export_run(message.run),
             }
             for message in conversation.messages.all()

@@ -21,7 +21,7 @@ from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Field, Model
 
-from runs.models import Conversation, Message, Run
+from runs.models import Conversation, Run
 
 
 def _statement(build: Callable[..., str]) -> Callable[..., str]:
@@ -166,21 +166,20 @@ def _owned(*, user_id: int | None, session_key: str) -> tuple[str, list[Any]]:
 
 
 @_statement
-def _messages_count_sql(owner_kind: str) -> str:
+def _runs_count_sql(owner_kind: str) -> str:
     return (
-        f"SELECT COUNT(*) FROM {_table(Message)} INNER JOIN {_table(Conversation)} "
-        f"ON {_qualified(Message, 'conversation')} = {_qualified(Conversation, 'id')} "
-        f"WHERE {_owned_sql(owner_kind)} AND {_qualified(Message, 'role')} = %s "
-        f"AND {_qualified(Message, 'created_at')} >= %s"
+        f"SELECT COUNT(*) FROM {_table(Run)} INNER JOIN {_table(Conversation)} "
+        f"ON {_qualified(Run, 'conversation')} = {_qualified(Conversation, 'id')} "
+        f"WHERE {_owned_sql(owner_kind)} AND {_qualified(Run, 'started_at')} >= %s"
     )
 
 
-def owner_user_messages_count(*, user_id: int | None, session_key: str, since: datetime) -> int:
-    """How many messages the owner has sent since `since`, in all their conversations."""
+def owner_runs_count(*, user_id: int | None, session_key: str, since: datetime) -> int:
+    """How many runs the owner has started since `since` (a message each, and each reply
+    regenerated), in all their conversations."""
     owner_kind, params = _owned(user_id=user_id, session_key=session_key)
-    role = _value(Message, "role", Message.Role.USER)
-    params += [role, _value(Message, "created_at", since)]
-    return _execute(_messages_count_sql(owner_kind), params)
+    params.append(_value(Run, "started_at", since))
+    return _execute(_runs_count_sql(owner_kind), params)
 
 
 @_statement

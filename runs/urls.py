@@ -21,6 +21,11 @@ urlpatterns = [
         views.conversation_rename_form,
         name="conversation_rename",
     ),
+    path(
+        "c/<uuid:conversation_id>/regenerate/",
+        views.chat_form_regenerate,
+        name="chat_form_regenerate",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("api/chat/", api.chat, name="api_chat"),
     path("api/conversations/", api.conversations, name="api_conversations"),
@@ -34,6 +39,11 @@ urlpatterns = [
         "api/conversations/<uuid:conversation_id>/forget/",
         api.conversation_forget,
         name="api_conversation_forget",
+    ),
+    path(
+        "api/conversations/<uuid:conversation_id>/regenerate/",
+        api.conversation_regenerate,
+        name="api_conversation_regenerate",
     ),
     path("api/<path:rest>", api.not_found),
 ]

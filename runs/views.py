@@ -127,6 +127,25 @@ async def chat_form_send(request: HttpRequest) -> HttpResponse:
     return redirect(reverse("conversation", args=[outcome.started.conversation.id]))
 
 
+@require_POST
+async def chat_form_regenerate(request: HttpRequest, conversation_id: Any) -> HttpResponse:
+    """Regenerate without JavaScript: post, wait for the new reply, redirect back (PRG)."""
+    user = await request.auser()
+    if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
+        return redirect(reverse("login"))
+    owner = await aowner_of(request)
+    try:
+        outcome = await services.chat_regenerate_wait(owner=owner, conversation_id=conversation_id)
+    except NotFound:
+        return await _not_found(request)
+    except ChatError as exc:
+        outcome = None
+        await sync_to_async(flash.error)(request, exc.message)
+    if outcome is not None and outcome.error is not None:
+        await sync_to_async(flash.error)(request, outcome.error.message)
+    return redirect(reverse("conversation", args=[conversation_id]))
+
+
 ConversationPage = Callable[[HttpRequest, Owner, Conversation], Awaitable[HttpResponse]]
 ConfirmedAction = Callable[[Owner, Conversation], Awaitable[tuple[str, str]]]
 

@@ -235,6 +235,26 @@ def test_conversation_page_shows_transcript_beside_what_the_thread_remembers(
     assert remembers.count("<li class=") == len(thread_state(conversation.thread_id).messages)
 
 
+def test_a_regenerated_reply_stays_in_the_console_marked_replaced(admin_client, backend_url):
+    conversation = chat("first try", memory=True)
+    owner = Owner(user_id=None, session_key=conversation.session_key)
+    async_to_sync(services.chat_regenerate_wait)(owner=owner, conversation_id=conversation.pk)
+
+    transcript = transcript_of(admin_client.get(change_url(conversation)).content.decode())
+    assert transcript.count("<li class=") == 3
+    assert transcript.count(">replaced</span>") == 1
+    assert transcript.index(">replaced</span>") < transcript.rindex("You said: first try")
+    run = Message.objects.get(replaced_at__isnull=False).run
+    run_page = admin_client.get(reverse("admin:runs_run_change", args=[run.pk])).content.decode()
+    assert "remembered, replaced by a regenerated reply" in run_page
+    exported = admin_client.post(
+        reverse("admin:runs_conversation_changelist"),
+        {"action": "export_jsonl", "_selected_action": [str(conversation.pk)]},
+    )
+    line = orjson.loads(exported.content.splitlines()[0])
+    assert [m["replaced_at"] is not None for m in line["messages"]] == [False, True, False]
+
+
 def test_conversation_page_shows_a_reply_that_is_still_streaming(admin_client):
     conversation = Conversation.objects.create(title="in flight", thread_id="")
     run = Run.objects.create(

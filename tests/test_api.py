@@ -9,6 +9,7 @@ from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.test import Client
 
+from runs import services
 from runs.backend import get_backend
 from runs.exceptions import ThreadNotFound
 from runs.models import Conversation, Message, Run
@@ -52,6 +53,41 @@ def test_api_memory_off_each_reply_sees_one_message(client, backend_url):
     assert second["conversation"] == first["conversation"]
     assert seen_count(second["reply"]["text"]) == 1
     assert Conversation.objects.get(pk=first["conversation"]).thread_id == ""
+
+
+def test_api_regenerates_the_last_reply_in_its_place_and_in_the_memory(client, backend_url):
+    conv = say(client, "one", memory=True)["conversation"]
+    old = say(client, "two", memory=True, conversation=conv)["reply"]
+
+    response = post(client, f"/api/conversations/{conv}/regenerate/")
+    assert response.status_code == 200, response.content
+    again = response.json()
+    assert again["conversation"] == conv and again["mode"] == "thread"
+    assert again["replaces"] == old["id"] and again["reply"]["id"] != old["id"]
+    assert seen_count(again["reply"]["text"]) == 2
+    detail = client.get(f"/api/conversations/{conv}/").json()
+    assert [m["id"] for m in detail["messages"]][-1] == again["reply"]["id"]
+    assert len(detail["messages"]) == 4
+    # Searching finds what the transcript shows, not the reply it replaced.
+    Message.objects.filter(pk=again["reply"]["id"]).update(text="fresh words")
+    assert client.get("/api/conversations/?q=fresh").json()["conversations"]
+    Message.objects.filter(pk=old["id"]).update(text="stale words")
+    assert client.get("/api/conversations/?q=stale").json()["conversations"] == []
+
+
+def test_api_regenerate_errors(client, backend_url):
+    missing = post(client, f"/api/conversations/{uuid.uuid4()}/regenerate/")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert client.get(f"/api/conversations/{uuid.uuid4()}/regenerate/").status_code == 405
+    conv = say(client, "mine", memory=False)["conversation"]
+    stranger = post(Client(), f"/api/conversations/{conv}/regenerate/")
+    assert stranger.status_code == 404
+    empty = Conversation.objects.create(session_key=client.session[services.VISITOR_SESSION_KEY])
+    nothing = post(client, f"/api/conversations/{empty.pk}/regenerate/")
+    assert nothing.status_code == 409 and nothing.json()["error"] == {
+        "code": "no_reply",
+        "message": "This conversation has no reply to regenerate yet.",
+    }
 
 
 def test_api_memory_on_remembers_forget_and_delete(client, backend_url):

@@ -9,8 +9,16 @@ import httpx
 import pytest
 from langgraph_sdk import get_client
 
-from runs.backend import BackendConfig, RunBackend, RunStarted, TextDelta, get_backend
+from runs.backend import (
+    BackendConfig,
+    ForkPoint,
+    RunBackend,
+    RunStarted,
+    TextDelta,
+    get_backend,
+)
 from runs.exceptions import (
+    BackendError,
     BackendHTTPError,
     BackendTimeout,
     BackendUnavailable,
@@ -91,6 +99,37 @@ async def test_thread_remembers_and_its_state_is_readable(backend_url):
         ("user", "three"),
     ]
     assert state.messages[-1].role == "assistant"
+
+
+async def test_a_run_from_the_checkpoint_before_the_last_one_does_it_again(backend_url):
+    backend = get_backend()
+    thread_id = (await backend.thread_create()).thread_id
+    first, _ = await collect(backend, text="one", thread_id=thread_id)
+    second, _ = await collect(backend, text="two", thread_id=thread_id)
+
+    assert await backend.thread_fork_point(thread_id=thread_id, run_id=first.run_id) == ForkPoint(
+        checkpoint_id=None
+    ), "the thread's first run: nothing came before it"
+    assert await backend.thread_fork_point(thread_id=thread_id, run_id="not-a-run") is None
+    fork = await backend.thread_fork_point(thread_id=thread_id, run_id=second.run_id)
+    assert fork is not None and fork.checkpoint_id
+
+    _, again = await collect(
+        backend, text="two", thread_id=thread_id, checkpoint_id=fork.checkpoint_id
+    )
+    assert seen_count(again) == 2
+    waited = await backend.run_wait(
+        text="two", thread_id=thread_id, checkpoint_id=fork.checkpoint_id
+    )
+    assert seen_count(waited.reply) == 2
+    state = await backend.thread_state(thread_id=thread_id)
+    assert [m.text for m in state.messages if m.role == "user"] == ["one", "two"]
+    # A run without a checkpoint goes on from the latest: the last fork.
+    assert seen_count((await backend.run_wait(text="three", thread_id=thread_id)).reply) == 3
+
+    await backend.thread_delete(thread_id=thread_id)
+    with pytest.raises(ThreadNotFound):
+        await backend.thread_fork_point(thread_id=thread_id, run_id=second.run_id)
 
 
 async def test_deleted_thread_is_not_found(backend_url):
@@ -291,3 +330,18 @@ async def test_backends_read_the_ca_bundle_once_not_once_per_client(monkeypatch)
     assert len(reads) <= 1  # none if this process has made its one context already
     for backend in backends:
         await backend.aclose()
+
+
+async def test_a_run_that_began_before_the_history_read_has_no_fork_point_to_guess():
+    # Only the run's later checkpoints fit in the page read: forking from one of them would
+    # keep half the run in the memory.
+    def handler(request: httpx.Request) -> httpx.Response:
+        state = {
+            "metadata": {"run_id": "r", "source": "loop", "step": 40},
+            "parent_checkpoint": {"checkpoint_id": "mid-run"},
+        }
+        return httpx.Response(200, json=[state])
+
+    with pytest.raises(BackendError) as refused:
+        await mocked(handler).thread_fork_point(thread_id="t", run_id="r")
+    assert refused.value.code == "backend_error"

@@ -830,3 +830,38 @@ def test_phones_and_dark_mode(new_page, site):
 
     page.emulate_media(color_scheme="dark")
     shot(page, "chat-phone-dark", docs="phone-dark")
+
+
+def test_regenerate_replaces_the_last_reply_on_the_page_and_in_the_memory(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    regenerate = page.get_by_role("button", name="Regenerate this reply")
+    chat(page, "alpha", number=1, seen=1)
+    chat(page, "beta", number=2, seen=2)
+    expect(regenerate).to_have_count(1)  # on the last reply only
+    expect(replies(page).last.get_by_role("button", name="Regenerate this reply")).to_be_visible()
+    old_reply = replies(page).last.get_attribute("data-id")
+
+    regenerate.click()
+    expect(replies(page).last).not_to_have_attribute("data-id", old_reply)
+    # The assistant sees "alpha" and "beta" once each: the old answer is not in its memory.
+    reply_is(page, 2, echo("beta", 2))
+    expect(page.locator("#transcript li.message.user")).to_have_count(2)
+    expect(message_box(page)).to_be_focused()
+    expect(regenerate).to_have_count(1)
+    chat(page, "gamma", number=3, seen=3)
+    shot(page, "20-regenerate")
+
+    # The server's transcript agrees, and the form does it without JavaScript too.
+    conversation_url = page.url
+    page.reload()
+    expect(page.locator("#transcript li.message")).to_have_count(6)
+    plain = new_page(java_script_enabled=False)
+    plain.context.add_cookies(page.context.cookies())  # the same visitor
+    plain.goto(conversation_url)
+    old_reply = replies(plain).last.get_attribute("data-id")
+    plain.get_by_role("button", name="Regenerate this reply").click()
+    expect(replies(plain).last).not_to_have_attribute("data-id", old_reply)
+    reply_is(plain, 3, echo("gamma", 3))
+    expect(plain.locator("#transcript li.message")).to_have_count(6)
+    shot(plain, "21-regenerate-no-javascript")

@@ -596,3 +596,113 @@ async def test_a_conversation_started_while_signing_in_goes_to_the_account_too(
     await tab.send({"type": "chat.send", "text": "too late", "memory": False})
     assert await tab.communicator.receive_nothing(timeout=1)
     assert not await Conversation.objects.filter(session_key=visitor).aexists()
+
+
+async def regenerate(socket, conversation_id: str) -> tuple[dict, dict]:
+    """Regenerates the conversation's last reply: (its `run.started`, its final frame)."""
+    await socket.send({"type": "chat.regenerate", "conversation": conversation_id})
+    started, _ = await socket.until("run.started")
+    final, _ = await socket.until_run_end()
+    assert final["run"] == started["run"]
+    return started, final
+
+
+async def test_regenerating_a_remembered_reply_replaces_it_in_the_transcript_and_the_memory(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    one = await socket.chat("one", memory=True)
+    conv = one["conversation"]
+    two = await socket.chat("two", memory=True, conversation=conv)
+    thread_id = (await conversation(conv)).thread_id
+
+    started, again = await regenerate(socket, conv)
+    assert started["replaces"] == two["message"]["id"]
+    assert started["user_message"]["text"] == "two" and started["mode"] == "thread"
+    assert again["type"] == "run.completed"
+    assert again["message"]["id"] != two["message"]["id"]
+    # The assistant sees "one" and "two" once each: the old answer to "two" is not remembered.
+    assert seen_count(again["message"]["text"]) == 2
+    thread = await get_backend().thread_state(thread_id=thread_id)
+    assert [(m.role, m.text) for m in thread.messages] == [
+        ("user", "one"),
+        ("assistant", one["message"]["text"]),
+        ("user", "two"),
+        ("assistant", again["message"]["text"]),
+    ]
+    # The next message goes on from the new answer, on the same thread.
+    three = await socket.chat("three", memory=True, conversation=conv)
+    assert seen_count(three["message"]["text"]) == 3
+    assert (await conversation(conv)).thread_id == thread_id
+
+    # The transcript shows the new reply in the old one's place; the old one is kept.
+    await socket.send({"type": "conversation.watch", "conversation": conv})
+    snapshot, _ = await socket.until("conversation.snapshot")
+    assert [m["id"] for m in snapshot["messages"]][2:4] == [
+        started["user_message"]["id"],
+        again["message"]["id"],
+    ]
+    assert len(snapshot["messages"]) == 6
+    old = await Message.objects.aget(pk=two["message"]["id"])
+    assert old.replaced_at is not None and old.text == two["message"]["text"]
+
+
+async def test_regenerating_the_first_remembered_reply_starts_a_new_memory_with_it(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    one = await socket.chat("one", memory=True)
+    conv = one["conversation"]
+    old_thread = (await conversation(conv)).thread_id
+
+    _, again = await regenerate(socket, conv)
+    assert seen_count(again["message"]["text"]) == 1
+    new_thread = (await conversation(conv)).thread_id
+    assert new_thread and new_thread != old_thread
+    thread = await get_backend().thread_state(thread_id=new_thread)
+    assert [m.text for m in thread.messages] == ["one", again["message"]["text"]]
+    with pytest.raises(ThreadNotFound):
+        await get_backend().thread_state(thread_id=old_thread)
+    two = await socket.chat("two", memory=True, conversation=conv)
+    assert seen_count(two["message"]["text"]) == 2
+
+
+async def test_a_reply_is_regenerated_as_its_message_was_sent_whatever_the_switch_says(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    first = await socket.chat("remembered", memory=True, conversation=None)
+    conv = first["conversation"]
+    aside = await socket.chat("aside", memory=False, conversation=conv)
+    await socket.send({"type": "conversation.memory", "conversation": conv, "enabled": True})
+    await socket.until("conversation.snapshot")
+
+    started, again = await regenerate(socket, conv)
+    assert started["mode"] == "stateless" and started["replaces"] == aside["message"]["id"]
+    assert seen_count(again["message"]["text"]) == 1
+    assert again["message"]["remembered"] is False
+    thread = await get_backend().thread_state(thread_id=(await conversation(conv)).thread_id)
+    assert [m.text for m in thread.messages if m.role == "user"] == ["remembered"]
+
+
+async def test_regenerate_refuses_with_a_clear_error_and_a_stranger_cannot(
+    slow_backend_url, socket_factory
+):
+    socket = await socket_factory()
+    await socket.send({"type": "chat.regenerate", "conversation": str(uuid.uuid4())})
+    assert (await socket.receive())["code"] == "not_found"
+    await socket.send({"type": "chat.regenerate"})
+    assert (await socket.receive())["code"] == "invalid_frame"
+
+    await socket.send({"type": "chat.send", "text": "slow one", "memory": False})
+    started, _ = await socket.until("run.started")
+    conv = started["conversation"]
+    await socket.send({"type": "chat.regenerate", "conversation": conv, "client_id": "r1"})
+    busy, _ = await socket.until("error")
+    assert busy["code"] == "busy" and busy["client_id"] == "r1"
+
+    stranger = await socket_factory()
+    await stranger.send({"type": "chat.regenerate", "conversation": conv})
+    assert (await stranger.receive())["code"] == "not_found"
+    await socket.until_run_end()
+    assert await Message.objects.filter(replaced_at__isnull=False).acount() == 0

@@ -19,6 +19,7 @@ from runs.exceptions import (
     Busy,
     EmptyText,
     InvalidRequest,
+    NoReply,
     NotFound,
     RateLimited,
     TextTooLong,
@@ -195,10 +196,44 @@ async def test_the_rate_limit_counts_only_the_owners_messages_of_the_last_minute
     other = Owner(user_id=None, session_key="visitor-two")
     await services.chat_start(owner=other, conversation_id=None, text="mine", memory=False)
     # Nor do the visitor's own from over a minute ago.
-    await Message.objects.filter(conversation__session_key=VISITOR.session_key).aupdate(
-        created_at=timezone.now() - timedelta(minutes=2)
+    await Run.objects.filter(conversation__session_key=VISITOR.session_key).aupdate(
+        started_at=timezone.now() - timedelta(minutes=2)
     )
     await services.chat_start(owner=VISITOR, conversation_id=None, text="again", memory=False)
+
+
+async def test_a_reply_regenerated_counts_against_the_rate_limit_like_a_message(
+    settings, backend_url
+):
+    settings.CHAT_RATE_LIMIT = 2
+    done = await services.chat_wait(owner=VISITOR, conversation_id=None, text="a", memory=False)
+    conversation_id = done.started.conversation.id
+    await services.chat_regenerate_wait(owner=VISITOR, conversation_id=conversation_id)
+    with pytest.raises(RateLimited):
+        await services.chat_regenerate(owner=VISITOR, conversation_id=conversation_id)
+    with pytest.raises(RateLimited):
+        await services.chat_start(owner=VISITOR, conversation_id=None, text="b", memory=False)
+    replies = Message.objects.filter(role=Message.Role.ASSISTANT)
+    assert await replies.filter(replaced_at__isnull=True).acount() == 1
+    assert await replies.acount() == 2
+
+
+async def test_a_conversation_whose_last_message_has_no_reply_has_nothing_to_regenerate(
+    closed_port_url,
+):
+    conversation = await Conversation.objects.acreate(session_key=VISITOR.session_key)
+    with pytest.raises(NoReply):
+        await services.chat_regenerate(owner=VISITOR, conversation_id=conversation.pk)
+    # A message saved before the backend was called has no reply while its run is pending.
+    started = await services.chat_start(
+        owner=VISITOR, conversation_id=conversation.pk, text="hi", memory=False
+    )
+    await Run.objects.filter(pk=started.run.pk).aupdate(status=Run.Status.FAILED)
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(active_run=None)
+    with pytest.raises(NoReply) as refused:
+        await services.chat_regenerate(owner=VISITOR, conversation_id=conversation.pk)
+    assert refused.value.code == "no_reply"
+    assert "no reply to regenerate" in refused.value.message
 
 
 async def test_a_strangers_conversation_is_not_found(closed_port_url):

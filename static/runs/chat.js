@@ -59,9 +59,9 @@ const state = {
   activeRun: chat.dataset.activeRun || null,
   activeMode: null,
   lastSeq: 0,
-  pending: null, // {client_id, text, memory}: a chat.send awaiting run.started
-  mine: new Map(), // run id -> {text, memory}: the runs this tab started, for Retry
-  lastFailed: null, // {text, memory}: what Retry sends again
+  pending: null, // {client_id, text, memory} or {client_id, regenerate}: a frame awaiting run.started
+  mine: new Map(), // run id -> {text, memory} or {regenerate}: the runs this tab started, for Retry
+  lastFailed: null, // {text, memory} or {regenerate}: what Retry sends again
   forgetting: false,
   renaming: null, // the conversation this tab asked to rename, for its "Renamed." note
   query: oneLine(searchBox.value), // what the conversation list is filtered by ("" for all)
@@ -102,7 +102,7 @@ function connect() {
     chat.classList.add("offline");
     if (state.pending && !state.pending.queued) {
       state.lastFailed = state.pending;
-      restoreDraft(state.pending.text);
+      if (!state.pending.regenerate) restoreDraft(state.pending.text);
       state.pending = null;
     }
     if (state.pending) {
@@ -183,7 +183,11 @@ function messageElement(message) {
     item.classList.add(message.status);
     meta.append(el("span", "status", message.status === "cancelled" ? "stopped" : "failed"));
   }
-  if (message.role === "assistant" && message.text) meta.append(copyButton("copy link small", "Copy reply", "Copy"));
+  if (message.role === "assistant") {
+    const actions = el("span", "actions");
+    if (message.text) actions.append(copyButton("copy link small", "Copy reply", "Copy"));
+    meta.append(actions);
+  }
   item.append(meta);
   if (message.notice) item.append(el("p", "notice", message.notice));
   if (message.status === "failed" && message.error) item.append(el("p", "notice error-detail", message.error.message));
@@ -282,6 +286,27 @@ function setBusy() {
   sendButton.hidden = streaming;
   sendButton.disabled = state.pending !== null;
   chat.classList.toggle("streaming", streaming);
+  placeRegenerate();
+}
+
+// Regenerate sits on the last reply while nothing streams or waits: the server's form without
+// JavaScript, this button with it.
+function placeRegenerate() {
+  const last = transcript.lastElementChild;
+  transcript.querySelectorAll(".regenerate").forEach((node) => {
+    if (node.closest("li") !== last) node.remove();
+  });
+  const offered = Boolean(last?.matches("li.message.assistant[data-id]") && state.conversation && !state.activeRun && !state.pending);
+  const shown = last?.querySelector(".regenerate");
+  if (offered && !shown) {
+    const button = copyButton("regenerate link small", "Regenerate this reply", "Regenerate");
+    button.title = "Ask again: the new reply takes this one's place";
+    last.querySelector(".meta .actions").append(button);
+  } else if (!offered && shown) {
+    const hadFocus = shown.contains(document.activeElement);
+    shown.remove();
+    if (hadFocus) textBox.focus();
+  }
 }
 
 function showBanner(text, code) {
@@ -536,7 +561,8 @@ const handlers = {
     const mine = state.pending !== null && frame.client_id === state.pending.client_id;
     if (!mine && frame.conversation !== state.conversation) return;
     if (mine) {
-      state.mine.set(frame.run, { text: state.pending.text, memory: state.pending.memory });
+      const { text, memory, regenerate } = state.pending;
+      state.mine.set(frame.run, regenerate ? { regenerate } : { text, memory });
       state.pending = null;
       if (frame.conversation !== state.conversation) {
         setConversation({ id: frame.conversation, title: titleFrom(frame.user_message.text), memory: frame.mode === "thread", has_thread: false });
@@ -546,6 +572,7 @@ const handlers = {
     if (remembered) setHasThread(true);
     bumpConversation(frame.conversation);
     keepingEnd(() => {
+      if (frame.replaces) transcript.querySelector(`li[data-id="${CSS.escape(frame.replaces)}"]`)?.remove();
       upsertMessage(frame.user_message);
       state.activeRun = frame.run;
       state.activeMode = frame.mode;
@@ -609,7 +636,7 @@ const handlers = {
     }
     if (state.pending && frame.client_id === state.pending.client_id) {
       state.lastFailed = state.pending;
-      restoreDraft(state.pending.text);
+      if (!state.pending.regenerate) restoreDraft(state.pending.text);
       state.pending = null;
     }
     state.forgetting = false;
@@ -738,12 +765,24 @@ function submitMessage(text, memory) {
   if (!sendPending()) announce("Connecting… your message will be sent in a moment.");
 }
 
+function regenerateReply() {
+  if (state.activeRun || state.pending || !state.conversation) return;
+  state.pending = { client_id: clientId(), regenerate: true, queued: true };
+  state.lastFailed = null;
+  hideBanner();
+  setBusy();
+  textBox.focus();
+  if (!sendPending()) announce("Connecting… the reply will be regenerated in a moment.");
+}
+
 function sendPending() {
   const pending = state.pending;
-  const frame = { type: "chat.send", text: pending.text, memory: pending.memory, conversation: state.conversation, client_id: pending.client_id };
+  const frame = pending.regenerate
+    ? { type: "chat.regenerate", conversation: state.conversation, client_id: pending.client_id }
+    : { type: "chat.send", text: pending.text, memory: pending.memory, conversation: state.conversation, client_id: pending.client_id };
   if (!send(frame)) return false;
   pending.queued = false;
-  if (textBox.value.trim() === pending.text) {
+  if (!pending.regenerate && textBox.value.trim() === pending.text) {
     textBox.value = "";
     autosize();
     draftSave();
@@ -852,13 +891,20 @@ retryButton.addEventListener("click", () => {
   const failed = state.lastFailed;
   if (!failed) return;
   hideBanner();
-  submitMessage(failed.text, failed.memory);
+  if (failed.regenerate) regenerateReply();
+  else submitMessage(failed.text, failed.memory);
   textBox.focus();
 });
 
 $("banner-close").addEventListener("click", () => {
   hideBanner();
   textBox.focus();
+});
+
+transcript.addEventListener("click", (event) => {
+  if (!event.target.closest(".regenerate button, button.regenerate")) return;
+  event.preventDefault(); // the form is for pages without JavaScript
+  regenerateReply();
 });
 
 // Copy buttons on replies and on code blocks.
