@@ -525,7 +525,7 @@ class RunAdmin(admin.ModelAdmin):
         for message in obj.messages.order_by("created_at"):
             label = "remembered" if message.remembered else "stateless"
             if message.replaced_at:
-                label += ", replaced by a regenerated reply"
+                label += ", replaced (the user regenerated or edited it)"
             parts.append(
                 format_html(
                     '<div class="run-message"><strong>{}</strong> <em>({})</em>'

@@ -113,7 +113,12 @@ async def chat(request: HttpRequest, owner: Owner) -> JsonResponse:
 async def conversation_regenerate(
     request: HttpRequest, owner: Owner, conversation_id: uuid.UUID
 ) -> JsonResponse:
-    outcome = await services.chat_regenerate_wait(owner=owner, conversation_id=conversation_id)
+    body = json_body(request) if request.body else {}
+    if set(body) - {"text"}:
+        raise InvalidRequest("Only `text` can be given: the last message, edited.")
+    outcome = await services.chat_regenerate_wait(
+        owner=owner, conversation_id=conversation_id, text=body.get("text")
+    )
     return reply_response(outcome)
 
 
@@ -121,14 +126,13 @@ def reply_response(outcome: services.WaitOutcome) -> JsonResponse:
     if outcome.error is not None:
         # The user's message and the partial reply are saved; the error says what happened.
         return error_response(outcome.error.code, outcome.error.message)
-    replaced = outcome.started.replaces
     return JsonResponse(
         {
             "conversation": str(outcome.started.conversation.id),
             "run": str(outcome.started.run.id),
             "mode": outcome.started.run.mode,
             "reply": outcome.final_frame["message"],
-            "replaces": str(replaced.id) if replaced else None,
+            "replaces": [str(message.id) for message in outcome.started.replaces],
         }
     )
 

@@ -17,7 +17,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth import SESSION_KEY
+from django.contrib.auth import get_user
+from django.http import HttpRequest
 
 from runs import services
 from runs.db import db_call
@@ -110,12 +111,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 del _open_sockets[self.owner.identity]
 
     def _still_signed_in(self) -> bool:
-        """False once the session this socket was opened with has been signed out or expired."""
+        """False once the session this socket was opened with has been signed out, has expired,
+        or was ended by a change of the account's password."""
         session_key = self.scope["session"].session_key
         if not session_key:
             return False
-        data = import_module(settings.SESSION_ENGINE).SessionStore(session_key).load()
-        return data.get(SESSION_KEY) == str(self.owner.user_id)
+        # Django's own check of a request's session (the password hash included), on a fresh
+        # read of this socket's session.
+        request = HttpRequest()
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+        return get_user(request).pk == self.owner.user_id
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """AsyncConsumer.__call__ with a leaner loop. Channels starts a task and an
@@ -228,7 +233,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_chat_regenerate(self, frame: dict[str, Any], client_id: str | None) -> None:
         conversation_id = _uuid_field(frame, "conversation")
         started = await services.chat_regenerate(
-            owner=self.owner, conversation_id=conversation_id, client_id=client_id
+            owner=self.owner,
+            conversation_id=conversation_id,
+            text=frame.get("text"),
+            client_id=client_id,
         )
         await self.launch(started)
 
@@ -310,7 +318,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def session_ended(self, event: dict[str, Any]) -> None:
         """Signed out, or this visitor signed in, in another tab: the client comes back with the
         new cookie. Handled after any frame in hand, so a conversation that frame started before
-        the sign-in's adoption is adopted here."""
+        the sign-in's adoption is adopted here. A password change ends the account's sessions
+        but the one it was made in, which is `renewed` under a new key: each socket checks its
+        own."""
+        if self.session_ended_reason:
+            return  # on its way out already
+        if event["reason"] == "password_changed":
+            if await db_call(self._still_signed_in)():
+                return
+            event = {**event, "reason": "signed_out"}
         if event["reason"] == "signed_in" and self.owner.user_id is None:
             await db_call(services.conversations_adopt)(
                 user_id=event["user_id"], visitor_key=self.owner.session_key

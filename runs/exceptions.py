@@ -119,7 +119,7 @@ class Busy(ChatError):
 
 class NoReply(ChatError):
     code = "no_reply"
-    default_message = "This conversation has no reply to regenerate yet."
+    default_message = "Nothing to regenerate or edit yet: the last message has no reply."
 
 
 class RateLimited(ChatError):

@@ -86,6 +86,23 @@ def conversation_get(*, owner: Owner, conversation_id: Any) -> Conversation:
         raise NotFound() from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    message: Message  # the user's
+    reply: Message  # its run loaded
+
+
+def exchange_last(*, conversation_id: Any) -> Exchange | None:
+    """The conversation's last message and its reply, as the transcript shows them; None when
+    the last message has no reply (or there is none)."""
+    shown = Message.objects.filter(conversation_id=conversation_id, replaced_at__isnull=True)
+    reply = shown.select_related("run").order_by("-created_at").first()
+    if reply is None or reply.role != Message.Role.ASSISTANT:
+        return None
+    message = shown.filter(role=Message.Role.USER).order_by("-created_at").first()
+    return Exchange(message=message, reply=reply) if message is not None else None
+
+
 def message_to_dict(message: Message, run: Run | None = None) -> dict[str, Any]:
     """A protocol v1 message; a reply also says how its run ended (`status`, `error`, `notice`)."""
     data: dict[str, Any] = {

@@ -51,6 +51,7 @@ from runs.selectors import (
     conversation_get,
     conversation_queryset,
     conversation_to_dict,
+    exchange_last,
     message_to_dict,
     transcript_rows,
 )
@@ -190,7 +191,7 @@ def _storable_check(value: str, *, name: str) -> None:
 
 def message_text_clean(*, text: Any) -> str:
     if not isinstance(text, str):
-        raise ChatError("`text` must be a string.") from None
+        raise InvalidRequest("`text` must be a string.")
     cleaned = text.strip()
     if not cleaned:
         raise EmptyText()
@@ -282,7 +283,8 @@ class StartedRun:
     user_message: Message
     text: str
     client_id: str | None = None
-    replaces: Message | None = None  # the reply a regeneration takes the place of
+    # What a regeneration takes the place of: the old reply (and, edited, the old message).
+    replaces: tuple[Message, ...] = ()
     # The backend run of that reply, when the thread remembers it: the new run goes on from
     # where the thread stood before it.
     fork_run_id: str = ""
@@ -295,7 +297,7 @@ class StartedRun:
             "mode": self.run.mode,
             "user_message": message_to_dict(self.user_message),
             "client_id": self.client_id,
-            "replaces": str(self.replaces.id) if self.replaces else None,
+            "replaces": [str(message.id) for message in self.replaces],
         }
 
 
@@ -399,7 +401,12 @@ async def chat_start(
 
 
 def _chat_regenerate(
-    *, owner: Owner, conversation_id: Any, client_id: str | None, relay_channel: str
+    *,
+    owner: Owner,
+    conversation_id: Any,
+    text: str | None,
+    client_id: str | None,
+    relay_channel: str,
 ) -> StartedRun:
     _rate_limit_check(owner=owner)
     with transaction.atomic():
@@ -410,13 +417,10 @@ def _chat_regenerate(
             raise NotFound()
         if conversation.active_run_status in Run.ACTIVE_STATUSES:
             raise Busy()
-        shown = Message.objects.filter(conversation=conversation, replaced_at__isnull=True)
-        reply = shown.select_related("run").order_by("-created_at").first()
-        if reply is None or reply.role != Message.Role.ASSISTANT:
+        exchange = exchange_last(conversation_id=conversation.pk)
+        if exchange is None:
             raise NoReply()
-        user_message = shown.filter(role=Message.Role.USER).order_by("-created_at").first()
-        if user_message is None:
-            raise NoReply()
+        user_message, reply = exchange.message, exchange.reply
         # Asked again as it was asked: remembered or not, whatever the switch says now.
         mode = Run.Mode.THREAD if user_message.remembered else Run.Mode.STATELESS
         old_run = reply.run
@@ -432,27 +436,47 @@ def _chat_regenerate(
         run = _run_claim(
             conversation=conversation, mode=mode, relay_channel=relay_channel, changes={}
         )
-        reply.replaced_at = timezone.now()
-        sql.rows_update(Message, values={"replaced_at": reply.replaced_at}, pk=reply.pk)
+        replaced = (reply,) if text is None else (user_message, reply)
+        now = timezone.now()
+        sql.rows_update(
+            Message, values={"replaced_at": now}, pk=tuple(message.pk for message in replaced)
+        )
+        for message in replaced:
+            message.replaced_at = now
+        if text is not None:
+            user_message = sql.row_insert(
+                Message(
+                    conversation=conversation,
+                    role=Message.Role.USER,
+                    text=text,
+                    remembered=user_message.remembered,
+                    run=run,
+                )
+            )
     return StartedRun(
         conversation=conversation,
         run=run,
         user_message=user_message,
         text=user_message.text,
         client_id=client_id,
-        replaces=reply,
+        replaces=replaced,
         fork_run_id=fork_run_id,
     )
 
 
 async def chat_regenerate(
-    *, owner: Owner, conversation_id: Any, client_id: str | None = None
+    *, owner: Owner, conversation_id: Any, text: Any = None, client_id: str | None = None
 ) -> StartedRun:
     """Asks again for the conversation's last reply: a new run on its last message, as that
-    message was sent (remembered or not). The old reply is kept for review but leaves the
-    transcript, and, on the thread, the assistant's memory."""
+    message was sent (remembered or not); with `text`, that message is first edited to say it.
+    What is replaced is kept for review but leaves the transcript and, on the thread, the
+    assistant's memory."""
     return await _run_begin(
-        _chat_regenerate, owner=owner, conversation_id=conversation_id, client_id=client_id
+        _chat_regenerate,
+        owner=owner,
+        conversation_id=conversation_id,
+        text=None if text is None else message_text_clean(text=text),
+        client_id=client_id,
     )
 
 
@@ -850,9 +874,12 @@ async def chat_wait(*, owner: Owner, conversation_id: Any, text: Any, memory: bo
     return await _run_wait(started)
 
 
-async def chat_regenerate_wait(*, owner: Owner, conversation_id: Any) -> WaitOutcome:
+async def chat_regenerate_wait(
+    *, owner: Owner, conversation_id: Any, text: Any = None
+) -> WaitOutcome:
     """`chat_regenerate` on a wait run (JSON API, the form without JavaScript)."""
-    return await _run_wait(await chat_regenerate(owner=owner, conversation_id=conversation_id))
+    started = await chat_regenerate(owner=owner, conversation_id=conversation_id, text=text)
+    return await _run_wait(started)
 
 
 async def _run_wait(started: StartedRun) -> WaitOutcome:

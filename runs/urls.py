@@ -26,6 +26,7 @@ urlpatterns = [
         views.chat_form_regenerate,
         name="chat_form_regenerate",
     ),
+    path("c/<uuid:conversation_id>/edit/", views.chat_form_edit, name="chat_form_edit"),
     path("healthz", views.healthz, name="healthz"),
     path("api/chat/", api.chat, name="api_chat"),
     path("api/conversations/", api.conversations, name="api_conversations"),

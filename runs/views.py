@@ -13,21 +13,32 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages as flash
+from django.contrib.auth import views as auth_views
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import reverse, reverse_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from runs import services
 from runs.backend import get_backend
-from runs.exceptions import ChatError, NotFound
+from runs.exceptions import (
+    ChatError,
+    EmptyText,
+    InvalidRequest,
+    NoReply,
+    NotFound,
+    TextTooLong,
+)
+from runs.middleware import session_ended_notice
 from runs.models import Conversation
 from runs.selectors import (
     Owner,
     conversation_get,
     conversation_list,
     conversation_to_dict,
+    exchange_last,
     transcript_rows,
 )
 
@@ -68,6 +79,10 @@ def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse
         except NotFound:
             return not_found_page(request)
         transcript = transcript_rows(conversation=conversation)
+    # The last message and its reply, which Edit and Regenerate act on.
+    last_exchange = set()
+    if len(transcript) >= 2 and [m["role"] for m in transcript[-2:]] == ["user", "assistant"]:
+        last_exchange = {transcript[-2]["id"], transcript[-1]["id"]}
     active_run = None
     if (
         conversation is not None
@@ -91,6 +106,7 @@ def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse
         "conversation": conversation,
         "conversation_json": conversation_to_dict(conversation) if conversation else None,
         "transcript": transcript,
+        "last_exchange": last_exchange,
         "memory_default": conversation.memory if conversation else settings.CHAT_MEMORY_DEFAULT,
         "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "active_run": active_run,
@@ -251,6 +267,65 @@ async def conversation_rename_form(
         await sync_to_async(flash.success)(request, f"Renamed to “{renamed.title}”.")
         return redirect(reverse("conversation", args=[conversation.id]))
     return await sync_to_async(render)(request, "runs/rename.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@conversation_page
+async def chat_form_edit(
+    request: HttpRequest, owner: Owner, conversation: Conversation
+) -> HttpResponse:
+    """Edit the last message without JavaScript: a form with its text; sent, it waits for the
+    new reply and redirects back (PRG). A refused text is shown again with the reason."""
+    exchange = await sync_to_async(exchange_last)(conversation_id=conversation.id)
+    if exchange is None:
+        await sync_to_async(flash.error)(request, NoReply().message)
+        return redirect(reverse("conversation", args=[conversation.id]))
+    context: dict[str, Any] = {
+        "conversation": conversation,
+        "text": exchange.message.text,
+        "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+    }
+    if request.method == "POST":
+        context["text"] = typed = request.POST.get("text", "")
+        try:
+            outcome = await services.chat_regenerate_wait(
+                owner=owner, conversation_id=conversation.id, text=typed
+            )
+        except NotFound:
+            return await _not_found(request)
+        except (EmptyText, TextTooLong, InvalidRequest) as exc:
+            context["error"] = exc.message
+            return await sync_to_async(render)(request, "runs/edit.html", context, status=400)
+        except ChatError as exc:
+            await sync_to_async(flash.error)(request, exc.message)
+        else:
+            if outcome.error is not None:
+                await sync_to_async(flash.error)(request, outcome.error.message)
+        return redirect(reverse("conversation", args=[conversation.id]))
+    return await sync_to_async(render)(request, "runs/edit.html", context)
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Django's password change, which ends the account's other sessions and renews this one
+    under a new key. This browser's other tabs are told to come back with the new cookie (the
+    CSRF cookie is renewed too, their sign that it is there); the other sessions' sockets are
+    told to leave (each checks its own session)."""
+
+    success_url = reverse_lazy("password_change_done")
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        old_session_key = self.request.session.session_key
+        response = super().form_valid(form)
+        rotate_token(self.request)
+        if old_session_key:
+            session_ended_notice(
+                self.request, group=services.session_group(old_session_key), reason="renewed"
+            )
+        owner = Owner(user_id=self.request.user.pk, session_key="")
+        session_ended_notice(
+            self.request, group=services.owner_group(owner), reason="password_changed"
+        )
+        return response
 
 
 @require_GET

@@ -246,7 +246,7 @@ def test_a_regenerated_reply_stays_in_the_console_marked_replaced(admin_client, 
     assert transcript.index(">replaced</span>") < transcript.rindex("You said: first try")
     run = Message.objects.get(replaced_at__isnull=False).run
     run_page = admin_client.get(reverse("admin:runs_run_change", args=[run.pk])).content.decode()
-    assert "remembered, replaced by a regenerated reply" in run_page
+    assert "remembered, replaced (the user regenerated or edited it)" in run_page
     exported = admin_client.post(
         reverse("admin:runs_conversation_changelist"),
         {"action": "export_jsonl", "_selected_action": [str(conversation.pk)]},

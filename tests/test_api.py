@@ -63,7 +63,7 @@ def test_api_regenerates_the_last_reply_in_its_place_and_in_the_memory(client, b
     assert response.status_code == 200, response.content
     again = response.json()
     assert again["conversation"] == conv and again["mode"] == "thread"
-    assert again["replaces"] == old["id"] and again["reply"]["id"] != old["id"]
+    assert again["replaces"] == [old["id"]] and again["reply"]["id"] != old["id"]
     assert seen_count(again["reply"]["text"]) == 2
     detail = client.get(f"/api/conversations/{conv}/").json()
     assert [m["id"] for m in detail["messages"]][-1] == again["reply"]["id"]
@@ -73,6 +73,33 @@ def test_api_regenerates_the_last_reply_in_its_place_and_in_the_memory(client, b
     assert client.get("/api/conversations/?q=fresh").json()["conversations"]
     Message.objects.filter(pk=old["id"]).update(text="stale words")
     assert client.get("/api/conversations/?q=stale").json()["conversations"] == []
+
+
+def test_api_edits_the_last_message_and_the_form_does_without_javascript(client, backend_url):
+    conv = say(client, "one", memory=False)["conversation"]
+    typo = say(client, "twoo", memory=False, conversation=conv)
+    edited = post(client, f"/api/conversations/{conv}/regenerate/", {"text": "two"}).json()
+    assert len(edited["replaces"]) == 2 and typo["reply"]["id"] in edited["replaces"]
+    assert edited["reply"]["text"] == "You said: two (I can see 1 of your messages)"
+    for body, code in [({"text": " "}, "empty_text"), ({"title": "x"}, "invalid_frame")]:
+        refused = post(client, f"/api/conversations/{conv}/regenerate/", body)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == code
+
+    # Without JavaScript: a page with the message to edit; a refused text comes back with why.
+    page = client.get(f"/c/{conv}/edit/")
+    assert page.status_code == 200 and b">two</textarea>" in page.content
+    refused = client.post(f"/c/{conv}/edit/", {"text": "   "})
+    assert refused.status_code == 400 and b"Type a message" in refused.content
+    done = client.post(f"/c/{conv}/edit/", {"text": "three"})
+    assert done.status_code == 302 and done["Location"] == f"/c/{conv}/"
+    texts = [m["text"] for m in client.get(f"/api/conversations/{conv}/").json()["messages"]]
+    assert texts == [
+        "one",
+        "You said: one (I can see 1 of your messages)",
+        "three",
+        "You said: three (I can see 1 of your messages)",
+    ]
+    assert Client().get(f"/c/{conv}/edit/").status_code == 404, "a stranger's"
 
 
 def test_api_regenerate_errors(client, backend_url):
@@ -86,7 +113,7 @@ def test_api_regenerate_errors(client, backend_url):
     nothing = post(client, f"/api/conversations/{empty.pk}/regenerate/")
     assert nothing.status_code == 409 and nothing.json()["error"] == {
         "code": "no_reply",
-        "message": "This conversation has no reply to regenerate yet.",
+        "message": "Nothing to regenerate or edit yet: the last message has no reply.",
     }
 
 

@@ -865,3 +865,87 @@ def test_regenerate_replaces_the_last_reply_on_the_page_and_in_the_memory(new_pa
     reply_is(plain, 3, echo("gamma", 3))
     expect(plain.locator("#transcript li.message")).to_have_count(6)
     shot(plain, "21-regenerate-no-javascript")
+
+
+def test_edit_the_last_message_in_place_or_cancel_with_escape(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    chat(page, "alpha", number=1, seen=1)
+    chat(page, "betta", number=2, seen=2)
+    user_messages = page.locator("#transcript li.message.user")
+    edit = page.get_by_role("button", name="Edit your message")
+    expect(edit).to_have_count(1)  # on the last message only
+
+    edit.click()
+    box = page.get_by_role("textbox", name="Edit your message")
+    expect(box).to_be_focused()
+    expect(box).to_have_value("betta")
+    expect(page.get_by_role("button", name="Regenerate this reply")).to_have_count(0)
+    box.press("Escape")
+    expect(box).to_have_count(0)
+    expect(user_messages.last.locator(".body")).to_have_text("betta")
+    expect(edit).to_be_focused()
+
+    edit.click()
+    box.fill("beta")
+    shot(page, "22-edit")
+    box.press("Enter")
+    # The assistant sees "alpha" and "beta": the typo and its answer are not in its memory.
+    reply_is(page, 2, echo("beta", 2))
+    expect(user_messages).to_have_count(2)
+    expect(user_messages.last.locator(".body")).to_have_text("beta")
+    page.reload()
+    expect(user_messages.last.locator(".body")).to_have_text("beta")
+    expect(page.locator("#transcript li.message")).to_have_count(4)
+
+    # Without JavaScript, Edit leads to a page with the message in a box.
+    plain = new_page(java_script_enabled=False)
+    plain.context.add_cookies(page.context.cookies())
+    plain.goto(page.url)
+    plain.get_by_role("link", name="Edit your message").click()
+    expect(plain.get_by_role("textbox", name="Message")).to_have_value("beta")
+    plain.get_by_role("textbox", name="Message").fill("gamma")
+    plain.get_by_role("button", name="Send").click()
+    reply_is(plain, 2, echo("gamma", 2))
+    expect(plain.locator("#transcript li.message")).to_have_count(4)
+
+
+def test_a_password_change_keeps_this_browser_signed_in_and_signs_out_the_others(
+    new_context, site, workdir
+):
+    site_shell(workdir, "User.objects.create_user('ivy', password='pw-ivy-12345')")
+
+    def signed_in_tab(context):
+        tab = context.new_page()
+        tab.goto(f"{site.url}/accounts/login/")
+        tab.get_by_label("Username").fill("ivy")
+        tab.get_by_label("Password").fill("pw-ivy-12345")
+        tab.get_by_role("button", name="Sign in").click()
+        expect(tab.get_by_role("button", name="Sign out")).to_be_visible()
+        return tab
+
+    laptop = new_context()
+    tab = signed_in_tab(laptop)
+    chat(tab, "on my laptop", number=1, seen=1)
+    conversation_url = tab.url
+    message_box(tab).fill("a draft")
+    phone = signed_in_tab(new_context())
+
+    settings_tab = laptop.new_page()
+    settings_tab.goto(site.url)
+    settings_tab.get_by_role("link", name="ivy").click()
+    settings_tab.get_by_label("Old password").fill("pw-ivy-12345")
+    settings_tab.get_by_label("New password", exact=True).fill("a-new-pw-for-ivy-42")
+    settings_tab.get_by_label("New password confirmation").fill("a-new-pw-for-ivy-42")
+    shot(settings_tab, "23-password-change")
+    settings_tab.get_by_role("button", name="Change password").click()
+    expect(settings_tab.get_by_role("heading", name="Password changed")).to_be_visible()
+
+    # This browser's chat tab reloads by itself, still signed in, with its draft.
+    expect(tab).to_have_url(conversation_url)
+    expect(tab.get_by_role("button", name="Sign out")).to_be_visible()
+    expect(message_box(tab)).to_have_value("a draft")
+    message_box(tab).fill("")
+    chat(tab, "still signed in", number=2, seen=2)
+    # The phone is signed out at once.
+    expect(phone.get_by_role("link", name="Sign in")).to_be_visible()

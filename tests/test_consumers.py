@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import User
 
 from runs import services
@@ -617,7 +618,7 @@ async def test_regenerating_a_remembered_reply_replaces_it_in_the_transcript_and
     thread_id = (await conversation(conv)).thread_id
 
     started, again = await regenerate(socket, conv)
-    assert started["replaces"] == two["message"]["id"]
+    assert started["replaces"] == [two["message"]["id"]]
     assert started["user_message"]["text"] == "two" and started["mode"] == "thread"
     assert again["type"] == "run.completed"
     assert again["message"]["id"] != two["message"]["id"]
@@ -678,7 +679,7 @@ async def test_a_reply_is_regenerated_as_its_message_was_sent_whatever_the_switc
     await socket.until("conversation.snapshot")
 
     started, again = await regenerate(socket, conv)
-    assert started["mode"] == "stateless" and started["replaces"] == aside["message"]["id"]
+    assert started["mode"] == "stateless" and started["replaces"] == [aside["message"]["id"]]
     assert seen_count(again["message"]["text"]) == 1
     assert again["message"]["remembered"] is False
     thread = await get_backend().thread_state(thread_id=(await conversation(conv)).thread_id)
@@ -706,3 +707,88 @@ async def test_regenerate_refuses_with_a_clear_error_and_a_stranger_cannot(
     assert (await stranger.receive())["code"] == "not_found"
     await socket.until_run_end()
     assert await Message.objects.filter(replaced_at__isnull=False).acount() == 0
+
+
+async def test_editing_the_last_message_asks_again_with_the_new_text_in_its_place(
+    backend_url, socket_factory
+):
+    cookie = await database_sync_to_async(session_cookie_for)()
+    socket = await socket_factory(cookie)
+    one = await socket.chat("one", memory=True)
+    conv = one["conversation"]
+    await socket.send({"type": "chat.send", "text": "twoo", "memory": True, "conversation": conv})
+    typo, _ = await socket.until("run.started")
+    old_reply, _ = await socket.until_run_end()
+    watcher = await socket_factory(cookie)
+    await watcher.send({"type": "conversation.watch", "conversation": conv})
+    await watcher.until("conversation.snapshot")
+
+    await socket.send({"type": "chat.regenerate", "conversation": conv, "text": "  two  "})
+    started, _ = await socket.until("run.started")
+    assert started["replaces"] == [typo["user_message"]["id"], old_reply["message"]["id"]]
+    assert started["user_message"]["text"] == "two"
+    assert started["user_message"]["id"] != typo["user_message"]["id"]
+    final, _ = await socket.until_run_end()
+    assert final["message"]["text"] == "You said: two (I can see 2 of your messages)"
+    # Another tab is told what to take out, and what comes in its place.
+    seen, _ = await watcher.until("run.started")
+    assert seen["replaces"] == started["replaces"] and seen["user_message"]["text"] == "two"
+
+    thread = await get_backend().thread_state(thread_id=(await conversation(conv)).thread_id)
+    assert [m.text for m in thread.messages if m.role == "user"] == ["one", "two"]
+    await socket.send({"type": "conversation.watch", "conversation": conv})
+    snapshot, _ = await socket.until("conversation.snapshot")
+    assert [m["text"] for m in snapshot["messages"] if m["role"] == "user"] == ["one", "two"]
+    kept = await Message.objects.filter(replaced_at__isnull=False).acount()
+    assert kept == 2, "the typo and its reply stay, for review"
+
+    for bad, code in [("   ", "empty_text"), (7, "invalid_frame"), ("x" * 9000, "text_too_long")]:
+        await socket.send({"type": "chat.regenerate", "conversation": conv, "text": bad})
+        assert (await socket.receive())["code"] == code
+    assert await Message.objects.filter(conversation_id=conv).acount() == 6
+
+
+async def test_a_password_change_sends_the_accounts_other_browsers_away_and_keeps_this_one(
+    backend_url, socket_factory
+):
+    user = await User.objects.acreate_user("gale", password="pw-gale-12345")
+    laptop_cookie = await database_sync_to_async(session_cookie_for)(user)
+    laptop_tab = await socket_factory(laptop_cookie)
+    phone = await socket_factory(await database_sync_to_async(session_cookie_for)(user))
+    done = await phone.chat("from my phone", memory=False)
+
+    laptop = api_client_for(laptop_cookie)
+    changed = await laptop.post(
+        "/accounts/password/",
+        {
+            "old_password": "pw-gale-12345",
+            "new_password1": "a-new-pw-for-gale-678",
+            "new_password2": "a-new-pw-for-gale-678",
+        },
+    )
+    assert changed.status_code == 302 and changed["Location"] == "/accounts/password/done/"
+    assert await phone.receive() == {"type": "session.ended", "reason": "signed_out"}
+    closed = await phone.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+
+    # The browser that changed it goes on: its tabs come back with its renewed cookie.
+    told, _ = await laptop_tab.until("session.ended")
+    assert told == {"type": "session.ended", "reason": "renewed"}
+    closed = await laptop_tab.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+    assert await laptop_tab.communicator.receive_nothing(timeout=0.3), "told once"
+    renewed = laptop.cookies[settings.SESSION_COOKIE_NAME].value
+    assert f"{settings.SESSION_COOKIE_NAME}={renewed}" != laptop_cookie
+    assert laptop.cookies[settings.CSRF_COOKIE_NAME].value, "the tabs' sign to reload"
+    back = await socket_factory(f"{settings.SESSION_COOKIE_NAME}={renewed}")
+    again = await back.chat("still here", memory=False, conversation=done["conversation"])
+    assert again["type"] == "run.completed"
+    # A socket of a session the next change ends, that did not hear of it, is refused at its
+    # next frame.
+    await user.arefresh_from_db()
+    late = await socket_factory(await database_sync_to_async(session_cookie_for)(user))
+    await database_sync_to_async(user.set_password)("another-pw-for-gale-9")
+    await user.asave()
+    await late.send({"type": "chat.send", "text": "late", "memory": False})
+    refused, frames = await late.until("error")
+    assert refused["code"] == "signed_out" and len(frames) == 1, frames

@@ -233,7 +233,7 @@ async def test_a_conversation_whose_last_message_has_no_reply_has_nothing_to_reg
     with pytest.raises(NoReply) as refused:
         await services.chat_regenerate(owner=VISITOR, conversation_id=conversation.pk)
     assert refused.value.code == "no_reply"
-    assert "no reply to regenerate" in refused.value.message
+    assert "the last message has no reply" in refused.value.message
 
 
 async def test_a_strangers_conversation_is_not_found(closed_port_url):

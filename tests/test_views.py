@@ -27,3 +27,23 @@ def test_chat_page_answers_and_explains_the_memory_switch(client):
     assert 'role="switch"' in page
     assert "the assistant remembers everything you send" in page
     assert client.cookies.get("sessionid"), "an anonymous visitor gets a session"
+
+
+def test_a_signed_in_user_changes_their_password_from_their_name(client, django_user_model):
+    assert client.get("/accounts/password/")["Location"].startswith("/accounts/login/")
+    django_user_model.objects.create_user("hana", password="pw-hana-12345")
+    client.login(username="hana", password="pw-hana-12345")
+    page = client.get("/").content.decode()
+    assert 'href="/accounts/password/"' in page and ">hana</a>" in page
+
+    form = {"new_password1": "a-new-pw-for-hana-6", "new_password2": "a-new-pw-for-hana-6"}
+    refused = client.post("/accounts/password/", {"old_password": "wrong", **form})
+    assert refused.status_code == 200
+    assert "Your old password was entered incorrectly" in refused.content.decode()
+    changed = client.post("/accounts/password/", {"old_password": "pw-hana-12345", **form})
+    assert changed["Location"] == "/accounts/password/done/"
+    done = client.get(changed["Location"]).content.decode()
+    assert "Password changed" in done and "other browsers and devices were signed out" in done
+    assert client.get("/").context["user"].is_authenticated, "still signed in here"
+    client.logout()
+    assert client.login(username="hana", password="a-new-pw-for-hana-6")

@@ -183,11 +183,9 @@ function messageElement(message) {
     item.classList.add(message.status);
     meta.append(el("span", "status", message.status === "cancelled" ? "stopped" : "failed"));
   }
-  if (message.role === "assistant") {
-    const actions = el("span", "actions");
-    if (message.text) actions.append(copyButton("copy link small", "Copy reply", "Copy"));
-    meta.append(actions);
-  }
+  const actions = el("span", "actions");
+  if (message.role === "assistant" && message.text) actions.append(copyButton("copy link small", "Copy reply", "Copy"));
+  meta.append(actions);
   item.append(meta);
   if (message.notice) item.append(el("p", "notice", message.notice));
   if (message.status === "failed" && message.error) item.append(el("p", "notice error-detail", message.error.message));
@@ -286,27 +284,39 @@ function setBusy() {
   sendButton.hidden = streaming;
   sendButton.disabled = state.pending !== null;
   chat.classList.toggle("streaming", streaming);
-  placeRegenerate();
+  placeLastActions();
 }
 
-// Regenerate sits on the last reply while nothing streams or waits: the server's form without
-// JavaScript, this button with it.
-function placeRegenerate() {
-  const last = transcript.lastElementChild;
-  transcript.querySelectorAll(".regenerate").forEach((node) => {
-    if (node.closest("li") !== last) node.remove();
-  });
-  const offered = Boolean(last?.matches("li.message.assistant[data-id]") && state.conversation && !state.activeRun && !state.pending);
-  const shown = last?.querySelector(".regenerate");
-  if (offered && !shown) {
+// Regenerate sits on the last reply, and Edit on the message it answers, while nothing streams
+// or waits: the server's form and link without JavaScript, these buttons with it.
+function placeLastActions() {
+  const reply = transcript.lastElementChild;
+  const message = reply?.previousElementSibling;
+  const offered = Boolean(
+    reply?.matches("li.message.assistant[data-id]") && message?.matches("li.message.user[data-id]")
+      && state.conversation && !state.activeRun && !state.pending && !transcript.querySelector(".editor"),
+  );
+  offerAction(reply, ".regenerate", offered, () => {
     const button = copyButton("regenerate link small", "Regenerate this reply", "Regenerate");
     button.title = "Ask again: the new reply takes this one's place";
-    last.querySelector(".meta .actions").append(button);
-  } else if (!offered && shown) {
-    const hadFocus = shown.contains(document.activeElement);
-    shown.remove();
-    if (hadFocus) textBox.focus();
-  }
+    return button;
+  });
+  offerAction(message, ".edit", offered, () => {
+    const button = copyButton("edit link small", "Edit your message", "Edit");
+    button.title = "Change it and send it again: the new reply takes the old one's place";
+    return button;
+  });
+}
+
+function offerAction(item, selector, offered, make) {
+  transcript.querySelectorAll(selector).forEach((node) => {
+    if (!offered || node.closest("li") !== item) {
+      const hadFocus = node.contains(document.activeElement);
+      node.remove();
+      if (hadFocus) textBox.focus();
+    }
+  });
+  if (offered && !item.querySelector(selector)) item.querySelector(".meta .actions").append(make());
 }
 
 function showBanner(text, code) {
@@ -562,7 +572,7 @@ const handlers = {
     if (!mine && frame.conversation !== state.conversation) return;
     if (mine) {
       const { text, memory, regenerate } = state.pending;
-      state.mine.set(frame.run, regenerate ? { regenerate } : { text, memory });
+      state.mine.set(frame.run, regenerate ? { regenerate, text } : { text, memory });
       state.pending = null;
       if (frame.conversation !== state.conversation) {
         setConversation({ id: frame.conversation, title: titleFrom(frame.user_message.text), memory: frame.mode === "thread", has_thread: false });
@@ -572,7 +582,7 @@ const handlers = {
     if (remembered) setHasThread(true);
     bumpConversation(frame.conversation);
     keepingEnd(() => {
-      if (frame.replaces) transcript.querySelector(`li[data-id="${CSS.escape(frame.replaces)}"]`)?.remove();
+      for (const id of frame.replaces || []) transcript.querySelector(`li[data-id="${CSS.escape(id)}"]`)?.remove();
       upsertMessage(frame.user_message);
       state.activeRun = frame.run;
       state.activeMode = frame.mode;
@@ -655,27 +665,29 @@ function leaveSession(reason) {
   state.leaving = true;
   clearTimeout(state.reconnectTimer);
   const draft = textBox.value.trim() ? textBox.value : state.pending?.text;
+  const comingBack = reason === "signed_in" || reason === "renewed";
   try {
     // Signed out, the drafts of the account's conversations go; the one in hand comes along.
-    if (reason !== "signed_in") draftsClear();
+    if (!comingBack) draftsClear();
     if (draft) sessionStorage.setItem(DRAFT_KEY, draft);
   } catch {
     // Storage refused (private mode, quota): the page still follows the session.
   }
-  if (reason !== "signed_in") {
-    showBanner("You signed out in another tab.", "session");
+  if (!comingBack) {
+    showBanner("You were signed out: in another tab, or by a password change elsewhere.", "session");
     location.replace($("new-chat").href);
     return;
   }
-  showBanner("You signed in in another tab. Opening your account…", "session");
-  // The sign-in's answer, with the account's cookie, may not have reached the browser yet: a
-  // reload with the old cookie would start a new visitor session over it. Sign-in renews the
-  // CSRF cookie in that same answer, so its change says the new session cookie is there too.
+  const what = reason === "renewed" ? "You changed your password in another tab." : "You signed in in another tab.";
+  showBanner(`${what} Opening your account…`, "session");
+  // The answer with the session's new cookie may not have reached the browser yet: a reload
+  // with the old cookie would start a new visitor session over it. Sign-in and a password
+  // change renew the CSRF cookie in that same answer, so its change says the new one is there.
   const started = Date.now();
-  (function reloadOnceSignedIn() {
+  (function reloadOnceRenewed() {
     if (csrfCookie() !== pageCsrf) location.reload();
-    else if (Date.now() - started < 10_000) setTimeout(reloadOnceSignedIn, 100);
-    else showBanner("You signed in in another tab. Reload this page to go on as your account.", "session");
+    else if (Date.now() - started < 10_000) setTimeout(reloadOnceRenewed, 100);
+    else showBanner(`${what} Reload this page to go on.`, "session");
   })();
 }
 
@@ -765,9 +777,11 @@ function submitMessage(text, memory) {
   if (!sendPending()) announce("Connecting… your message will be sent in a moment.");
 }
 
-function regenerateReply() {
+// With `text`, the last message is edited to say it first.
+function regenerateReply(text) {
   if (state.activeRun || state.pending || !state.conversation) return;
   state.pending = { client_id: clientId(), regenerate: true, queued: true };
+  if (text !== undefined) state.pending.text = text;
   state.lastFailed = null;
   hideBanner();
   setBusy();
@@ -778,7 +792,7 @@ function regenerateReply() {
 function sendPending() {
   const pending = state.pending;
   const frame = pending.regenerate
-    ? { type: "chat.regenerate", conversation: state.conversation, client_id: pending.client_id }
+    ? { type: "chat.regenerate", conversation: state.conversation, client_id: pending.client_id, text: pending.text }
     : { type: "chat.send", text: pending.text, memory: pending.memory, conversation: state.conversation, client_id: pending.client_id };
   if (!send(frame)) return false;
   pending.queued = false;
@@ -891,7 +905,7 @@ retryButton.addEventListener("click", () => {
   const failed = state.lastFailed;
   if (!failed) return;
   hideBanner();
-  if (failed.regenerate) regenerateReply();
+  if (failed.regenerate) regenerateReply(failed.text);
   else submitMessage(failed.text, failed.memory);
   textBox.focus();
 });
@@ -902,10 +916,77 @@ $("banner-close").addEventListener("click", () => {
 });
 
 transcript.addEventListener("click", (event) => {
-  if (!event.target.closest(".regenerate button, button.regenerate")) return;
-  event.preventDefault(); // the form is for pages without JavaScript
-  regenerateReply();
+  if (event.target.closest(".regenerate button, button.regenerate")) {
+    event.preventDefault(); // the form and the link are for pages without JavaScript
+    regenerateReply();
+  } else if (event.target.closest(".edit")) {
+    event.preventDefault();
+    editMessage(event.target.closest("li.message"));
+  }
 });
+
+// Edit in place: the message becomes a box with its text; sent, the last exchange is asked
+// again with it. Esc or Cancel leaves it as it was.
+function editMessage(item) {
+  if (state.activeRun || state.pending || transcript.querySelector(".editor")) return;
+  const editor = el("form", "editor");
+  const box = el("textarea");
+  box.value = item.dataset.text;
+  box.maxLength = Number(chat.dataset.maxChars);
+  box.setAttribute("aria-label", "Edit your message");
+  const cancel = el("button", "secondary small", "Cancel");
+  cancel.type = "button";
+  const save = el("button", "small", "Send");
+  save.type = "submit";
+  const buttons = el("div", "editor-actions");
+  buttons.append(cancel, save);
+  editor.append(box, buttons);
+  item.classList.add("editing");
+  item.append(editor);
+  placeLastActions();
+  const fit = () => {
+    box.style.height = "auto";
+    box.style.height = `${box.scrollHeight + 2}px`;
+  };
+  const close = () => {
+    editor.remove();
+    item.classList.remove("editing");
+    placeLastActions();
+  };
+  box.addEventListener("input", fit);
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      close();
+      item.querySelector(".edit")?.focus();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      editor.requestSubmit();
+    }
+  });
+  cancel.addEventListener("click", () => {
+    close();
+    item.querySelector(".edit")?.focus();
+  });
+  editor.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = box.value.trim();
+    if (!text) {
+      box.focus();
+      return;
+    }
+    if (state.activeRun || state.pending) {
+      showBanner("A reply is on its way. Send your edit once it is done.", "busy");
+      return;
+    }
+    close();
+    regenerateReply(text);
+  });
+  fit();
+  box.focus();
+  box.setSelectionRange(box.value.length, box.value.length);
+}
 
 // Copy buttons on replies and on code blocks.
 transcript.addEventListener("click", async (event) => {
