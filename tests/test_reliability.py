@@ -57,11 +57,15 @@ async def test_backend_down_then_back_retry_works(settings, socket_factory):
         assert await Message.objects.filter(text="are you there?", role="user").aexists()
 
         await asyncio.to_thread(backend.start)  # back, on the same port
-        retried = await socket.chat(
-            "are you there?", memory=True, conversation=started["conversation"]
-        )
+        # The page's Retry: asked again in place, the message is not sent twice.
+        await socket.send({"type": "chat.regenerate", "conversation": started["conversation"]})
+        again, _ = await socket.until("run.started")
+        assert again["replaces"] == [failed["message"]["id"]]
+        retried, _ = await socket.until_run_end()
         assert retried["type"] == "run.completed"
         assert seen_count(retried["message"]["text"]) == 1
+        users = Message.objects.filter(conversation_id=started["conversation"], role="user")
+        assert await users.acount() == 1
     finally:
         await asyncio.to_thread(backend.stop)
 

@@ -632,7 +632,8 @@ const handlers = {
   "run.failed"(frame) {
     const sent = state.mine.get(frame.run);
     finishRun(frame, "The reply failed.");
-    if (sent) state.lastFailed = sent;
+    // The message is saved; only its reply failed: Retry asks again in its place.
+    if (sent) state.lastFailed = { regenerate: true };
     const error = frame.error || { code: "backend_error", message: "The reply failed." };
     showBanner(error.message, error.code);
   },
