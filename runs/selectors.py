@@ -134,8 +134,8 @@ def conversation_to_dict(conversation: Conversation) -> dict[str, Any]:
 
 
 def transcript_rows(*, conversation: Conversation) -> list[dict[str, Any]]:
-    """The conversation's messages, oldest first, as protocol v1 messages (one query). Replies
-    that were regenerated are left out."""
+    """The conversation's messages, oldest first, as protocol v1 messages (one query). What a
+    regeneration or an edit replaced is left out."""
     messages = (
         conversation.messages.filter(replaced_at__isnull=True)
         .select_related("run")
