@@ -259,6 +259,13 @@ def reply_is(page, number: int, text: str) -> None:
     expect(replies(page).nth(number - 1).locator(".body")).to_have_text(text)
 
 
+def sign_in(page, site, username: str, password: str) -> None:
+    page.goto(f"{site.url}/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
 def chat(page, text: str, *, number: int, seen: int) -> None:
     say(page, text)
     reply_is(page, number, echo(text, seen))
@@ -548,10 +555,7 @@ def test_signing_in_or_out_in_another_tab_brings_this_tab_along_with_its_draft(
     message_box(tab).fill("a half-typed thought")
 
     other = context.new_page()
-    other.goto(f"{site.url}/accounts/login/")
-    other.get_by_label("Username").fill("gale")
-    other.get_by_label("Password").fill("pw-gale-12345")
-    other.get_by_role("button", name="Sign in").click()
+    sign_in(other, site, "gale", "pw-gale-12345")
     expect(other.get_by_role("button", name="Sign out")).to_be_visible()
 
     # The first tab follows by itself: the same conversation, now the account's, and the draft.
@@ -572,10 +576,7 @@ def test_signing_in_or_out_in_another_tab_brings_this_tab_along_with_its_draft(
     expect(message_box(tab)).to_have_value("another thought")
 
     # Signing out in this very tab takes its drafts along with the session.
-    tab.goto(f"{site.url}/accounts/login/")
-    tab.get_by_label("Username").fill("gale")
-    tab.get_by_label("Password").fill("pw-gale-12345")
-    tab.get_by_role("button", name="Sign in").click()
+    sign_in(tab, site, "gale", "pw-gale-12345")
     message_box(tab).fill("a draft of the account's")
     tab.get_by_role("button", name="Sign out").click()
     expect(tab.get_by_role("link", name="Sign in")).to_be_visible()
@@ -918,10 +919,7 @@ def test_a_password_change_keeps_this_browser_signed_in_and_signs_out_the_others
 
     def signed_in_tab(context):
         tab = context.new_page()
-        tab.goto(f"{site.url}/accounts/login/")
-        tab.get_by_label("Username").fill("ivy")
-        tab.get_by_label("Password").fill("pw-ivy-12345")
-        tab.get_by_role("button", name="Sign in").click()
+        sign_in(tab, site, "ivy", "pw-ivy-12345")
         expect(tab.get_by_role("button", name="Sign out")).to_be_visible()
         return tab
 
