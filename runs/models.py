@@ -66,7 +66,10 @@ class Run(models.Model):
     ACTIVE_STATUSES = (Status.PENDING, Status.STREAMING)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
+    # Indexed with started_at below: the rate limit counts an owner's runs of the last minute.
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="runs", db_index=False
+    )
     backend_run_id = models.CharField(max_length=64, blank=True)
     thread_id = models.CharField(max_length=64, blank=True)
     mode = models.CharField(max_length=16, choices=Mode.choices)
@@ -91,6 +94,7 @@ class Run(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        indexes = [models.Index(fields=["conversation", "started_at"])]
         constraints = [
             models.CheckConstraint(
                 condition=Q(mode__in=["thread", "stateless"]), name="run_mode_valid"
