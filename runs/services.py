@@ -301,6 +301,19 @@ class StartedRun:
         }
 
 
+def _conversation_lock_at_rest(*, owner: Owner, conversation_id: Any) -> Conversation:
+    """The owner's conversation, its row locked until the transaction ends, for a new run:
+    NotFound for another's, Busy while a run of it is active."""
+    conversation = sql.owner_conversation_lock(
+        user_id=owner.user_id, session_key=owner.session_key, conversation_id=conversation_id
+    )
+    if conversation is None:
+        raise NotFound()
+    if conversation.active_run_status in Run.ACTIVE_STATUSES:
+        raise Busy()
+    return conversation
+
+
 def _run_claim(
     *, conversation: Conversation, mode: str, relay_channel: str, changes: dict[str, Any]
 ) -> Run:
@@ -344,15 +357,7 @@ def _chat_start(
                 Conversation(title=_title_from(text), memory=memory, **owner.conversation_fields())
             )
         else:
-            conversation = sql.owner_conversation_lock(
-                user_id=owner.user_id,
-                session_key=owner.session_key,
-                conversation_id=conversation_id,
-            )
-            if conversation is None:
-                raise NotFound()
-            if conversation.active_run_status in Run.ACTIVE_STATUSES:
-                raise Busy()
+            conversation = _conversation_lock_at_rest(owner=owner, conversation_id=conversation_id)
         run = _run_claim(
             conversation=conversation,
             mode=Run.Mode.THREAD if memory else Run.Mode.STATELESS,
@@ -410,13 +415,7 @@ def _chat_regenerate(
 ) -> StartedRun:
     _rate_limit_check(owner=owner)
     with transaction.atomic():
-        conversation = sql.owner_conversation_lock(
-            user_id=owner.user_id, session_key=owner.session_key, conversation_id=conversation_id
-        )
-        if conversation is None:
-            raise NotFound()
-        if conversation.active_run_status in Run.ACTIVE_STATUSES:
-            raise Busy()
+        conversation = _conversation_lock_at_rest(owner=owner, conversation_id=conversation_id)
         exchange = exchange_last(conversation_id=conversation.pk)
         if exchange is None:
             raise NoReply()
