@@ -143,25 +143,6 @@ async def chat_form_send(request: HttpRequest) -> HttpResponse:
     return redirect(reverse("conversation", args=[outcome.started.conversation.id]))
 
 
-@require_POST
-async def chat_form_regenerate(request: HttpRequest, conversation_id: Any) -> HttpResponse:
-    """Regenerate without JavaScript: post, wait for the new reply, redirect back (PRG)."""
-    user = await request.auser()
-    if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
-        return redirect(reverse("login"))
-    owner = await aowner_of(request)
-    try:
-        outcome = await services.chat_regenerate_wait(owner=owner, conversation_id=conversation_id)
-    except NotFound:
-        return await _not_found(request)
-    except ChatError as exc:
-        outcome = None
-        await sync_to_async(flash.error)(request, exc.message)
-    if outcome is not None and outcome.error is not None:
-        await sync_to_async(flash.error)(request, outcome.error.message)
-    return redirect(reverse("conversation", args=[conversation_id]))
-
-
 ConversationPage = Callable[[HttpRequest, Owner, Conversation], Awaitable[HttpResponse]]
 ConfirmedAction = Callable[[Owner, Conversation], Awaitable[tuple[str, str]]]
 
@@ -288,21 +269,41 @@ async def chat_form_edit(
     if request.method == "POST":
         context["text"] = typed = request.POST.get("text", "")
         try:
-            outcome = await services.chat_regenerate_wait(
-                owner=owner, conversation_id=conversation.id, text=typed
-            )
-        except NotFound:
-            return await _not_found(request)
+            return await _regenerated(request, owner, conversation, text=typed)
         except (EmptyText, TextTooLong, InvalidRequest) as exc:
             context["error"] = exc.message
             return await sync_to_async(render)(request, "runs/edit.html", context, status=400)
-        except ChatError as exc:
-            await sync_to_async(flash.error)(request, exc.message)
-        else:
-            if outcome.error is not None:
-                await sync_to_async(flash.error)(request, outcome.error.message)
-        return redirect(reverse("conversation", args=[conversation.id]))
     return await sync_to_async(render)(request, "runs/edit.html", context)
+
+
+@require_POST
+@conversation_page
+async def chat_form_regenerate(
+    request: HttpRequest, owner: Owner, conversation: Conversation
+) -> HttpResponse:
+    """Regenerate without JavaScript: post, wait for the new reply, redirect back (PRG)."""
+    return await _regenerated(request, owner, conversation)
+
+
+async def _regenerated(
+    request: HttpRequest, owner: Owner, conversation: Conversation, *, text: str | None = None
+) -> HttpResponse:
+    """Waits for the regenerated reply (with `text`, of the edited message), then goes back to
+    the conversation (PRG), where what went wrong is said. A refused edit is the caller's."""
+    try:
+        outcome = await services.chat_regenerate_wait(
+            owner=owner, conversation_id=conversation.id, text=text
+        )
+    except NotFound:  # deleted meanwhile
+        return await _not_found(request)
+    except (EmptyText, TextTooLong, InvalidRequest):
+        raise
+    except ChatError as exc:
+        await sync_to_async(flash.error)(request, exc.message)
+    else:
+        if outcome.error is not None:
+            await sync_to_async(flash.error)(request, outcome.error.message)
+    return redirect(reverse("conversation", args=[conversation.id]))
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
