@@ -163,10 +163,12 @@ function badge(remembered) {
   return node;
 }
 
-function copyButton(className, label, visible) {
+// A small button of a message (Copy, Regenerate, Edit) or of a code block.
+function labelledButton(className, label, visible, hint) {
   const button = el("button", className, visible);
   button.type = "button";
   button.setAttribute("aria-label", label);
+  if (hint) button.title = hint;
   return button;
 }
 
@@ -184,7 +186,7 @@ function messageElement(message) {
     meta.append(el("span", "status", message.status === "cancelled" ? "stopped" : "failed"));
   }
   const actions = el("span", "actions");
-  if (message.role === "assistant" && message.text) actions.append(copyButton("copy link small", "Copy reply", "Copy"));
+  if (message.role === "assistant" && message.text) actions.append(labelledButton("copy link small", "Copy reply", "Copy"));
   meta.append(actions);
   item.append(meta);
   if (message.notice) item.append(el("p", "notice", message.notice));
@@ -206,7 +208,7 @@ function enhance(item) {
     const wrapper = el("div", "code-block");
     const header = el("div", "code-header");
     header.append(el("span", "code-language", language ? language.slice("language-".length) : "code"));
-    header.append(copyButton("copy-code link small", "Copy code", "Copy code"));
+    header.append(labelledButton("copy-code link small", "Copy code", "Copy code"));
     pre.replaceWith(wrapper);
     wrapper.append(header, pre);
   });
@@ -296,16 +298,10 @@ function placeLastActions() {
     reply?.matches("li.message.assistant[data-id]") && message?.matches("li.message.user[data-id]")
       && state.conversation && !state.activeRun && !state.pending && !transcript.querySelector(".editor"),
   );
-  offerAction(reply, ".regenerate", offered, () => {
-    const button = copyButton("regenerate link small", "Regenerate this reply", "Regenerate");
-    button.title = "Ask again: the new reply takes this one's place";
-    return button;
-  });
-  offerAction(message, ".edit", offered, () => {
-    const button = copyButton("edit link small", "Edit your message", "Edit");
-    button.title = "Change it and send it again: the new reply takes the old one's place";
-    return button;
-  });
+  offerAction(reply, ".regenerate", offered, () =>
+    labelledButton("regenerate link small", "Regenerate this reply", "Regenerate", "Ask again: the new reply takes this one's place"));
+  offerAction(message, ".edit", offered, () =>
+    labelledButton("edit link small", "Edit your message", "Edit", "Change it and send it again: the new reply takes the old one's place"));
 }
 
 function offerAction(item, selector, offered, make) {
@@ -828,9 +824,10 @@ textBox.addEventListener("keydown", (event) => {
   }
 });
 
-function autosize() {
-  textBox.style.height = "auto";
-  textBox.style.height = `${textBox.scrollHeight + 2}px`;
+// A message box as tall as its text (up to the height its CSS allows).
+function autosize(box = textBox) {
+  box.style.height = "auto";
+  box.style.height = `${box.scrollHeight + 2}px`;
 }
 textBox.addEventListener("input", () => {
   autosize();
@@ -945,31 +942,27 @@ function editMessage(item) {
   item.classList.add("editing");
   item.append(editor);
   placeLastActions();
-  const fit = () => {
-    box.style.height = "auto";
-    box.style.height = `${box.scrollHeight + 2}px`;
-  };
   const close = () => {
     editor.remove();
     item.classList.remove("editing");
     placeLastActions();
   };
-  box.addEventListener("input", fit);
+  const cancelEdit = () => {
+    close();
+    item.querySelector(".edit")?.focus();
+  };
+  box.addEventListener("input", () => autosize(box));
   box.addEventListener("keydown", (event) => {
     if (event.key === "Escape") {
       event.preventDefault();
       event.stopPropagation();
-      close();
-      item.querySelector(".edit")?.focus();
+      cancelEdit();
     } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       editor.requestSubmit();
     }
   });
-  cancel.addEventListener("click", () => {
-    close();
-    item.querySelector(".edit")?.focus();
-  });
+  cancel.addEventListener("click", cancelEdit);
   editor.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = box.value.trim();
@@ -984,7 +977,7 @@ function editMessage(item) {
     close();
     regenerateReply(text);
   });
-  fit();
+  autosize(box);
   box.focus();
   box.setSelectionRange(box.value.length, box.value.length);
 }
