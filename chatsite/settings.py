@@ -66,6 +66,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "runs.context_processors.accounts",
             ],
         },
     },
@@ -181,6 +182,8 @@ LANGGRAPH_KEEPALIVE_EXPIRY = env.float("LANGGRAPH_KEEPALIVE_EXPIRY", default=4.0
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=8000)
 CHAT_MEMORY_DEFAULT = env.bool("CHAT_MEMORY_DEFAULT", default=True)
 CHAT_REQUIRE_LOGIN = env.bool("CHAT_REQUIRE_LOGIN", default=False)
+# Anyone may create an account at /accounts/signup/ (false: only staff create them, in the admin).
+CHAT_SIGNUP_OPEN = env.bool("CHAT_SIGNUP_OPEN", default=True)
 CHAT_RATE_LIMIT = env.int("CHAT_RATE_LIMIT", default=20)  # messages a minute per user/session
 CHAT_MAX_SOCKETS_PER_SESSION = env.int("CHAT_MAX_SOCKETS_PER_SESSION", default=10)
 CHAT_MAX_SOCKETS = env.int("CHAT_MAX_SOCKETS", default=2000)  # per process, all owners

@@ -13,13 +13,19 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages as flash
+from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import UserCreationForm
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
+from django.utils.decorators import method_decorator
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.generic.edit import FormView
 
 from runs import services
 from runs.backend import get_backend
@@ -327,6 +333,40 @@ class PasswordChangeView(auth_views.PasswordChangeView):
             self.request, group=services.owner_group(owner), reason="password_changed"
         )
         return response
+
+
+@method_decorator([sensitive_post_parameters(), never_cache], name="dispatch")
+class SignUpView(auth_views.RedirectURLMixin, FormView):
+    """Django's own account form; the new account is signed in at once, so, as after a sign-in,
+    the visitor's conversations become its own and the browser's other tabs follow. Closed
+    (CHAT_SIGNUP_OPEN=false), the page says who creates accounts instead."""
+
+    form_class = UserCreationForm
+    template_name = "registration/signup.html"
+    next_page = settings.LOGIN_REDIRECT_URL
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not settings.CHAT_SIGNUP_OPEN:
+            return render(request, self.template_name, {"closed": True}, status=403)
+        if request.user.is_authenticated:
+            return redirect(self.get_success_url())
+        return super().dispatch(request, *args, **kwargs)
+
+    def form_valid(self, form: UserCreationForm) -> HttpResponse:
+        login(self.request, form.save())
+        return redirect(self.get_success_url())
+
+    def form_invalid(self, form: UserCreationForm) -> HttpResponse:
+        # The page comes back with the cursor in the first field to fix, not the first field.
+        refused = next((name for name in form.fields if name in form.errors), None)
+        if refused is not None:
+            for field in form.fields.values():
+                field.widget.attrs.pop("autofocus", None)
+            form.fields[refused].widget.attrs["autofocus"] = True
+        return super().form_invalid(form)
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return super().get_context_data(next=self.get_redirect_url(), **kwargs)
 
 
 @require_GET

@@ -912,6 +912,34 @@ def test_edit_the_last_message_in_place_or_cancel_with_escape(new_page, site):
     expect(plain.locator("#transcript li.message")).to_have_count(4)
 
 
+def test_a_visitor_creates_an_account_from_the_header_and_keeps_the_conversation(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    chat(page, "before my account", number=1, seen=1)
+    conversation_url = page.url
+
+    page.get_by_role("link", name="Create account").click()
+    page.get_by_label("Username").fill("pia")
+    page.get_by_label("Password", exact=True).fill("a-long-pw-for-pia")
+    page.get_by_label("Password confirmation").fill("a-long-pw-for-pio")
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("alert")).to_contain_text("The two password fields didn\u2019t match.")
+    expect(page.get_by_label("Username")).to_have_value("pia")
+    expect(page.get_by_label("Password confirmation")).to_be_focused()
+    shot(page, "24-sign-up-refused")
+    page.get_by_label("Password", exact=True).fill("a-long-pw-for-pia")
+    page.get_by_label("Password confirmation").fill("a-long-pw-for-pia")
+    page.get_by_role("button", name="Create account").click()
+
+    # Signed in as the new account, with the conversation and the assistant's memory of it.
+    expect(page.get_by_role("link", name="pia")).to_be_visible()
+    expect(page.get_by_role("link", name="Create account")).to_have_count(0)
+    expect(page.locator("#conversation-list a")).to_have_text(["before my account"])
+    page.locator("#conversation-list a").click()
+    expect(page).to_have_url(conversation_url)
+    chat(page, "now with an account", number=2, seen=2)
+
+
 def test_a_password_change_keeps_this_browser_signed_in_and_signs_out_the_others(
     new_context, site, workdir
 ):

@@ -576,6 +576,31 @@ async def test_signing_in_or_out_in_another_tab_sends_that_browsers_sockets_away
     assert from_phone["type"] == "run.completed"
 
 
+async def test_creating_an_account_in_another_tab_brings_the_open_tabs_along(
+    backend_url, socket_factory
+):
+    cookie = await database_sync_to_async(session_cookie_for)()
+    tab = await socket_factory(cookie)
+    before = await tab.chat("before my account", memory=False)
+
+    browser = api_client_for(cookie)
+    password = "a-long-pw-for-olga"
+    created = await browser.post(
+        "/accounts/signup/", {"username": "olga", "password1": password, "password2": password}
+    )
+    assert created.status_code == 302
+    assert await tab.receive() == {"type": "session.ended", "reason": "signed_in"}
+    closed = await tab.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+    olga = await User.objects.aget(username="olga")
+    assert (await conversation(before["conversation"])).owner_id == olga.pk
+
+    name = next(iter(browser.cookies))
+    account_tab = await socket_factory(f"{name}={browser.cookies[name].value}")
+    again = await account_tab.chat("as olga", memory=False, conversation=before["conversation"])
+    assert again["type"] == "run.completed"
+
+
 async def test_a_conversation_started_while_signing_in_goes_to_the_account_too(
     backend_url, socket_factory
 ):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import User
+
+from runs.models import Conversation
+from runs.services import VISITOR_SESSION_KEY
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,3 +51,98 @@ def test_a_signed_in_user_changes_their_password_from_their_name(client, django_
     assert client.get("/").context["user"].is_authenticated, "still signed in here"
     client.logout()
     assert client.login(username="hana", password="a-new-pw-for-hana-6")
+
+
+def a_visitors_conversation(client) -> Conversation:
+    """A conversation the visitor of `client` started before having an account."""
+    client.get("/")
+    return Conversation.objects.create(
+        title="before the account", session_key=client.session[VISITOR_SESSION_KEY]
+    )
+
+
+def test_a_visitor_creates_an_account_and_keeps_their_conversations(client):
+    before = a_visitors_conversation(client)
+    page = client.get("/").content.decode()
+    assert 'href="/accounts/signup/"' in page and "Create account" in page
+    login_page = client.get("/accounts/login/?next=/c/x/").content.decode()
+    assert 'href="/accounts/signup/?next=/c/x/"' in login_page
+
+    form = client.get("/accounts/signup/").content.decode()
+    assert 'name="username"' in form and 'autocomplete="new-password"' in form
+    created = client.post(
+        "/accounts/signup/",
+        {"username": "ines", "password1": "a-long-pw-for-ines", "password2": "a-long-pw-for-ines"},
+    )
+    assert created.status_code == 302 and created["Location"] == "/"
+    page = client.get("/").content.decode()
+    assert ">ines</a>" in page and "Create account" not in page, "signed in as the new account"
+    before.refresh_from_db()
+    assert before.owner.username == "ines" and before.session_key == ""
+    # Signed in, the page only sends them back; the account signs in again with its password.
+    assert client.get("/accounts/signup/")["Location"] == "/"
+    client.post("/accounts/logout/")
+    assert client.login(username="ines", password="a-long-pw-for-ines")
+
+
+@pytest.mark.parametrize(
+    ("username", "password1", "password2", "reason"),
+    [
+        ("juno", "a-long-pw-for-juno", "another-long-pw", "didn\u2019t match"),
+        ("TAKEN", "a-long-pw-for-juno", "a-long-pw-for-juno", "already exists"),
+        ("juno", "password123", "password123", "This password is too common."),
+        ("juno", "short", "short", "too short"),
+        ("juno ?", "a-long-pw-for-juno", "a-long-pw-for-juno", "Enter a valid username"),
+        ("", "a-long-pw-for-juno", "a-long-pw-for-juno", "This field is required."),
+    ],
+)
+def test_a_refused_account_says_why_and_creates_nothing(
+    client, username, password1, password2, reason
+):
+    User.objects.create_user("taken", password="pw-taken-12345")
+    refused = client.post(
+        "/accounts/signup/",
+        {"username": username, "password1": password1, "password2": password2},
+    )
+    assert refused.status_code == 200
+    page = refused.content.decode()
+    assert reason in page and 'role="alert"' in page
+    assert f'value="{username}"' in page or not username, "what was typed stays"
+    assert list(User.objects.values_list("username", flat=True)) == ["taken"]
+    assert not client.get("/").context["user"].is_authenticated
+
+
+def test_a_new_account_goes_on_to_the_page_it_came_from_but_never_off_the_site(client):
+    conversation = a_visitors_conversation(client)
+    back = f"/c/{conversation.pk}/"
+    form = client.get(f"/accounts/signup/?next={back}").content.decode()
+    assert f'name="next" value="{back}"' in form
+    fields = {"password1": "a-long-pw-for-kim", "password2": "a-long-pw-for-kim"}
+    created = client.post("/accounts/signup/", {"username": "kim", "next": back, **fields})
+    assert created["Location"] == back
+    assert client.get(back).status_code == 200, "the conversation is the account's now"
+
+    client.post("/accounts/logout/")
+    away = {"username": "lea", "next": "https://elsewhere.example/", **fields}
+    assert client.post("/accounts/signup/", away)["Location"] == "/"
+
+
+def test_with_sign_up_closed_only_staff_create_accounts(client, settings):
+    settings.CHAT_SIGNUP_OPEN = False
+    assert "Create account" not in client.get("/").content.decode()
+    assert "/accounts/signup/" not in client.get("/accounts/login/").content.decode()
+    closed = client.get("/accounts/signup/")
+    assert closed.status_code == 403
+    assert "created by its staff" in closed.content.decode()
+    fields = {"username": "mia", "password1": "a-long-pw-for-mia", "password2": "a-long-pw-for-mia"}
+    assert client.post("/accounts/signup/", fields).status_code == 403
+    assert not User.objects.filter(username="mia").exists()
+
+
+def test_sign_up_stays_open_when_the_chat_requires_sign_in(client, settings):
+    settings.CHAT_REQUIRE_LOGIN = True
+    assert client.get("/")["Location"].startswith("/accounts/login/")
+    assert client.get("/accounts/signup/").status_code == 200
+    fields = {"username": "noa", "password1": "a-long-pw-for-noa", "password2": "a-long-pw-for-noa"}
+    assert client.post("/accounts/signup/", fields)["Location"] == "/"
+    assert client.get("/").status_code == 200

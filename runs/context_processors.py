@@ -1,0 +1,7 @@
+from django.conf import settings
+from django.http import HttpRequest
+
+
+def accounts(request: HttpRequest) -> dict[str, bool]:
+    """Whether the pages offer a visitor to create an account."""
+    return {"signup_open": settings.CHAT_SIGNUP_OPEN}
