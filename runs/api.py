@@ -114,10 +114,16 @@ async def conversation_regenerate(
     request: HttpRequest, owner: Owner, conversation_id: uuid.UUID
 ) -> JsonResponse:
     body = json_body(request) if request.body else {}
-    if set(body) - {"text"}:
-        raise InvalidRequest("Only `text` can be given: the last message, edited.")
+    if set(body) - {"message", "text"}:
+        raise InvalidRequest(
+            "Only `message` (which of your messages to ask again from) and `text` (it, edited) "
+            "can be given."
+        )
     outcome = await services.chat_regenerate_wait(
-        owner=owner, conversation_id=conversation_id, text=body.get("text")
+        owner=owner,
+        conversation_id=conversation_id,
+        message_id=uuid_field(body, "message"),
+        text=body.get("text"),
     )
     return reply_response(outcome)
 

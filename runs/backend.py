@@ -37,8 +37,8 @@ MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
 
 STREAM_MODES = ["messages-tuple", "updates"]
 _AI_CHUNK_TYPES = frozenset({"AIMessageChunk", "ai"})
-# Checkpoints of a thread read back to find where its last run began: a run of agent/'s graph
-# writes three (its input, then one a step), so ten leave room for a graph with a few more.
+# Checkpoints of one run read back to find where it began: a run of agent/'s graph writes three
+# (its input, then one a step), so ten leave room for a graph with a few more.
 FORK_HISTORY_LIMIT = 10
 
 
@@ -83,8 +83,9 @@ class ThreadState:
 
 @dataclass(frozen=True, slots=True)
 class ForkPoint:
-    """Where a thread stood before one of its runs: run from `checkpoint_id` to do that run
-    again as if it had never happened. None when the run was the thread's first."""
+    """Where a thread stood before one of its runs: rewound to `checkpoint_id`, the thread
+    remembers nothing of that run or of what came after. None when the run was the thread's
+    first."""
 
     checkpoint_id: str | None
 
@@ -275,11 +276,12 @@ class RunBackend:
 
     async def thread_fork_point(self, *, thread_id: str, run_id: str) -> ForkPoint | None:
         """Where the thread stood before run `run_id` wrote to it; None when the thread holds
-        nothing of that run (it failed before its input was saved, say). Looks through the
-        thread's newest checkpoints: the run asked about is its last."""
+        nothing of that run (it failed before its input was saved, say). Reads that run's
+        checkpoints only, however far back it was."""
         async with _translated_errors():
             response = await self._control.post(
-                f"/threads/{thread_id}/history", json={"limit": FORK_HISTORY_LIMIT}
+                f"/threads/{thread_id}/history",
+                json={"limit": FORK_HISTORY_LIMIT, "metadata": {"run_id": run_id}},
             )
             _raise_for_status(response, thread_id=thread_id)
             states = _loads(response.content)
@@ -293,12 +295,22 @@ class RunBackend:
         if oldest_of_run is None:
             return None
         if oldest_of_run["metadata"].get("source") != "input":
-            # The run began further back than the page read: forking from its middle would
-            # keep half of it in the memory.
+            # The run took more steps than the page read: forking from its middle would keep
+            # half of it in the memory.
             raise BackendError("The assistant's memory of that reply could not be found.")
         parent = oldest_of_run.get("parent_checkpoint")
         checkpoint_id = parent.get("checkpoint_id") if isinstance(parent, dict) else None
         return ForkPoint(checkpoint_id=str(checkpoint_id) if checkpoint_id else None)
+
+    async def thread_rewind(self, *, thread_id: str, checkpoint_id: str) -> None:
+        """Makes the thread's memory what it was at `checkpoint_id`: its next run goes on from
+        there, and what came after is no longer remembered (it stays in the history)."""
+        async with _translated_errors():
+            response = await self._control.post(
+                f"/threads/{thread_id}/state",
+                json={"values": None, "checkpoint_id": checkpoint_id},
+            )
+            _raise_for_status(response, thread_id=thread_id)
 
     # Runs.
 
@@ -310,7 +322,6 @@ class RunBackend:
         on_disconnect: OnDisconnect,
         multitask_strategy: MultitaskStrategy,
         stream: bool,
-        checkpoint_id: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "assistant_id": self.config.assistant_id,
@@ -324,8 +335,6 @@ class RunBackend:
             body["on_completion"] = "delete"
         else:
             body["multitask_strategy"] = multitask_strategy
-            if checkpoint_id:
-                body["checkpoint_id"] = checkpoint_id
         return body
 
     async def run_stream(
@@ -335,11 +344,8 @@ class RunBackend:
         thread_id: str | None = None,
         on_disconnect: OnDisconnect = "cancel",
         multitask_strategy: MultitaskStrategy = "reject",
-        checkpoint_id: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        """Starts a run (stateless without `thread_id`) and yields its events. With
-        `checkpoint_id` the run goes on from that checkpoint of the thread, not from its
-        latest: what came after it is no longer the thread's memory.
+        """Starts a run (stateless without `thread_id`) and yields its events.
 
         The first event is always `RunStarted`. Close the generator (`contextlib.aclosing`)
         to drop the stream; with `on_disconnect="cancel"` that cancels the run.
@@ -351,7 +357,6 @@ class RunBackend:
             on_disconnect=on_disconnect,
             multitask_strategy=multitask_strategy,
             stream=True,
-            checkpoint_id=checkpoint_id,
         )
         client = next(self._next_stream)
         started = False
@@ -402,10 +407,8 @@ class RunBackend:
         text: str,
         thread_id: str | None = None,
         multitask_strategy: MultitaskStrategy = "reject",
-        checkpoint_id: str | None = None,
     ) -> WaitResult:
-        """Runs to the end (stateless without `thread_id`) and returns the final state;
-        `checkpoint_id` as in `run_stream`."""
+        """Runs to the end (stateless without `thread_id`) and returns the final state."""
         path = "/runs/wait" if thread_id is None else f"/threads/{thread_id}/runs/wait"
         body = self._run_body(
             text=text,
@@ -413,7 +416,6 @@ class RunBackend:
             on_disconnect="cancel",
             multitask_strategy=multitask_strategy,
             stream=False,
-            checkpoint_id=checkpoint_id,
         )
         timeout = httpx.Timeout(
             connect=self.config.connect_timeout,

@@ -235,6 +235,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         started = await services.chat_regenerate(
             owner=self.owner,
             conversation_id=conversation_id,
+            message_id=_uuid_field(frame, "message", required=False),
             text=frame.get("text"),
             client_id=client_id,
         )

@@ -103,6 +103,19 @@ def exchange_last(*, conversation_id: Any) -> Exchange | None:
     return Exchange(message=message, reply=reply) if message is not None else None
 
 
+def transcript_from(*, conversation_id: Any, message_id: Any) -> list[Message] | None:
+    """The transcript as shown, from the user's message `message_id` on, each message with its
+    run; None when that is not a message of the user shown in the conversation."""
+    shown = Message.objects.filter(
+        conversation_id=conversation_id, replaced_at__isnull=True
+    ).select_related("run")
+    first = shown.filter(pk=message_id, role=Message.Role.USER).first()
+    if first is None:
+        return None
+    later = shown.filter(created_at__gt=first.created_at).order_by("created_at")
+    return [first, *later]
+
+
 def message_to_dict(message: Message, run: Run | None = None) -> dict[str, Any]:
     """A protocol v1 message; a reply also says how its run ended (`status`, `error`, `notice`)."""
     data: dict[str, Any] = {

@@ -53,6 +53,7 @@ from runs.selectors import (
     conversation_to_dict,
     exchange_last,
     message_to_dict,
+    transcript_from,
     transcript_rows,
 )
 
@@ -283,11 +284,13 @@ class StartedRun:
     user_message: Message
     text: str
     client_id: str | None = None
-    # What a regeneration takes the place of: the old reply (and, edited, the old message).
+    # What a regeneration takes the place of: the old reply and what came after it (edited,
+    # the old message too).
     replaces: tuple[Message, ...] = ()
-    # The backend run of that reply, when the thread remembers it: the new run goes on from
-    # where the thread stood before it.
-    fork_run_id: str = ""
+    # The thread that remembers some of that, and the backend runs that wrote it there, oldest
+    # first: before the new run, the thread goes back to where it stood before them.
+    rewind_thread_id: str = ""
+    rewind_run_ids: tuple[str, ...] = ()
 
     def started_frame(self) -> dict[str, Any]:
         return {
@@ -405,10 +408,28 @@ async def chat_start(
     )
 
 
+def _thread_runs_of(messages: Iterable[Message], *, thread_id: str) -> tuple[str, ...]:
+    """The backend runs that wrote `messages` into the thread `thread_id`, oldest first."""
+    run_ids: list[str] = []
+    for message in messages:
+        run = message.run
+        if (
+            thread_id
+            and run is not None
+            and run.mode == Run.Mode.THREAD
+            and run.thread_id == thread_id
+            and run.backend_run_id
+            and run.backend_run_id not in run_ids
+        ):
+            run_ids.append(run.backend_run_id)
+    return tuple(run_ids)
+
+
 def _chat_regenerate(
     *,
     owner: Owner,
     conversation_id: Any,
+    message_id: uuid.UUID | None,
     text: str | None,
     client_id: str | None,
     relay_channel: str,
@@ -416,32 +437,28 @@ def _chat_regenerate(
     _rate_limit_check(owner=owner)
     with transaction.atomic():
         conversation = _conversation_lock_at_rest(owner=owner, conversation_id=conversation_id)
-        exchange = exchange_last(conversation_id=conversation.pk)
-        if exchange is None:
-            raise NoReply()
-        user_message, reply = exchange.message, exchange.reply
+        if message_id is None:
+            exchange = exchange_last(conversation_id=conversation.pk)
+            if exchange is None:
+                raise NoReply()
+            message_id = exchange.message.pk
+        from_message = transcript_from(conversation_id=conversation.pk, message_id=message_id)
+        if from_message is None:
+            raise InvalidRequest("`message` must be one of your messages in this conversation.")
+        user_message, after = from_message[0], from_message[1:]
         # Asked again as it was asked: remembered or not, whatever the switch says now.
         mode = Run.Mode.THREAD if user_message.remembered else Run.Mode.STATELESS
-        old_run = reply.run
-        fork_run_id = ""
-        if (
-            mode == Run.Mode.THREAD
-            and old_run is not None
-            and old_run.backend_run_id
-            and conversation.thread_id
-            and old_run.thread_id == conversation.thread_id
-        ):
-            fork_run_id = old_run.backend_run_id
         run = _run_claim(
             conversation=conversation, mode=mode, relay_channel=relay_channel, changes={}
         )
-        replaced = (reply,) if text is None else (user_message, reply)
-        now = timezone.now()
-        sql.rows_update(
-            Message, values={"replaced_at": now}, pk=tuple(message.pk for message in replaced)
-        )
-        for message in replaced:
-            message.replaced_at = now
+        replaced = tuple(after) if text is None else tuple(from_message)
+        if replaced:
+            now = timezone.now()
+            sql.rows_update(
+                Message, values={"replaced_at": now}, pk=tuple(message.pk for message in replaced)
+            )
+            for message in replaced:
+                message.replaced_at = now
         if text is not None:
             user_message = sql.row_insert(
                 Message(
@@ -452,6 +469,7 @@ def _chat_regenerate(
                     run=run,
                 )
             )
+        rewind_run_ids = _thread_runs_of(from_message, thread_id=conversation.thread_id)
     return StartedRun(
         conversation=conversation,
         run=run,
@@ -459,21 +477,29 @@ def _chat_regenerate(
         text=user_message.text,
         client_id=client_id,
         replaces=replaced,
-        fork_run_id=fork_run_id,
+        rewind_thread_id=conversation.thread_id if rewind_run_ids else "",
+        rewind_run_ids=rewind_run_ids,
     )
 
 
 async def chat_regenerate(
-    *, owner: Owner, conversation_id: Any, text: Any = None, client_id: str | None = None
+    *,
+    owner: Owner,
+    conversation_id: Any,
+    message_id: uuid.UUID | None = None,
+    text: Any = None,
+    client_id: str | None = None,
 ) -> StartedRun:
-    """Asks again for the conversation's last reply: a new run on its last message, as that
-    message was sent (remembered or not); with `text`, that message is first edited to say it.
-    What is replaced is kept for review but leaves the transcript and, on the thread, the
+    """Asks again from one of the user's messages (`message_id`; by default the last, which
+    must have a reply): a new run on that message, as it was sent (remembered or not), in
+    place of its reply and of everything after it; with `text`, the message is first edited
+    to say it. What is replaced is kept for review but leaves the transcript and the
     assistant's memory."""
     return await _run_begin(
         _chat_regenerate,
         owner=owner,
         conversation_id=conversation_id,
+        message_id=message_id,
         text=None if text is None else message_text_clean(text=text),
         client_id=client_id,
     )
@@ -500,8 +526,8 @@ class LiveRun:
     mode: str
     text_in: str
     thread_id: str = ""
-    fork_run_id: str = ""
-    checkpoint_id: str | None = None
+    rewind_thread_id: str = ""
+    rewind_run_ids: tuple[str, ...] = ()
     backend_run_id: str = ""
     parts: list[str] = field(default_factory=list)  # published, as the watchers have it
     pending: list[str] = field(default_factory=list)  # received, published on the next turn
@@ -725,10 +751,10 @@ async def _relay_finish(
 
 async def _on_backend(live: LiveRun, attempt: Callable[[str | None], Awaitable[None]]) -> None:
     """Runs `attempt` stateless or on the conversation's thread, creating the thread lazily."""
+    if live.rewind_run_ids:
+        await _thread_rewind(live)
     thread_id: str | None = None
     if live.mode == Run.Mode.THREAD:
-        if live.fork_run_id:
-            await _fork_point_find(live)
         thread_id = live.thread_id = live.thread_id or await _thread_new(live, lost=False)
     try:
         await attempt(thread_id)
@@ -737,29 +763,36 @@ async def _on_backend(live: LiveRun, attempt: Callable[[str | None], Awaitable[N
             raise
         # The thread was deleted behind the site's back: say so, and start a new memory.
         live.notice = MEMORY_LOST_NOTICE
-        live.checkpoint_id = None
         live.thread_id = await _thread_new(live, lost=True)
         await attempt(live.thread_id)
 
 
-async def _fork_point_find(live: LiveRun) -> None:
-    """A regeneration on the thread: its run goes on from where the thread stood before the
-    reply it replaces (`live.checkpoint_id`), so the memory holds the new reply, not the old.
-    When that reply was the thread's first, a new thread takes the old one's place."""
+async def _thread_rewind(live: LiveRun) -> None:
+    """A regeneration: what it replaces leaves the assistant's memory before the new run asks,
+    whichever way that run is asked. The thread goes back to where it stood before the first
+    of the replaced runs it holds; when that was its first run, the thread is deleted (a
+    remembered run then starts a new one)."""
     backend = get_backend()
+    thread_id = live.rewind_thread_id
     try:
-        fork = await backend.thread_fork_point(thread_id=live.thread_id, run_id=live.fork_run_id)
+        for run_id in live.rewind_run_ids:
+            fork = await backend.thread_fork_point(thread_id=thread_id, run_id=run_id)
+            if fork is None:
+                continue  # the thread holds nothing of that run
+            if fork.checkpoint_id is not None:
+                await backend.thread_rewind(thread_id=thread_id, checkpoint_id=fork.checkpoint_id)
+                return
+            await backend.thread_delete(thread_id=thread_id)
+            break
+        else:
+            return
     except ThreadNotFound:
-        return  # the run finds the thread gone, and says so
-    if fork is None:
-        return  # the thread holds nothing of that reply: it goes on from its latest
-    if fork.checkpoint_id is not None:
-        live.checkpoint_id = fork.checkpoint_id
-        return
-    old_thread_id = live.thread_id
-    live.thread_id = await _thread_new(live, lost=False)
-    with contextlib.suppress(ChatError):  # the memory is the new thread's either way
-        await backend.thread_delete(thread_id=old_thread_id)
+        return  # gone already: a remembered run finds it gone, and says so
+    await db_call(_conversation_clear_thread)(
+        conversation_id=live.conversation_id, thread_id=thread_id
+    )
+    if live.thread_id == thread_id:
+        live.thread_id = ""
 
 
 async def _run_to_end(
@@ -799,9 +832,7 @@ async def _relay(live: LiveRun) -> None:
     backend = get_backend()
 
     async def stream(thread_id: str | None) -> None:
-        events = backend.run_stream(
-            text=live.text_in, thread_id=thread_id, checkpoint_id=live.checkpoint_id
-        )
+        events = backend.run_stream(text=live.text_in, thread_id=thread_id)
         async with aclosing(events):
             async for event in events:
                 if type(event) is TextDelta:
@@ -828,7 +859,8 @@ def _live_run(started: StartedRun) -> LiveRun:
         mode=started.run.mode,
         text_in=started.text,
         thread_id=started.run.thread_id,
-        fork_run_id=started.fork_run_id,
+        rewind_thread_id=started.rewind_thread_id,
+        rewind_run_ids=started.rewind_run_ids,
     )
     LIVE_RUNS[live.run_id] = live
     return live
@@ -874,10 +906,16 @@ async def chat_wait(*, owner: Owner, conversation_id: Any, text: Any, memory: bo
 
 
 async def chat_regenerate_wait(
-    *, owner: Owner, conversation_id: Any, text: Any = None
+    *,
+    owner: Owner,
+    conversation_id: Any,
+    message_id: uuid.UUID | None = None,
+    text: Any = None,
 ) -> WaitOutcome:
     """`chat_regenerate` on a wait run (JSON API, the form without JavaScript)."""
-    started = await chat_regenerate(owner=owner, conversation_id=conversation_id, text=text)
+    started = await chat_regenerate(
+        owner=owner, conversation_id=conversation_id, message_id=message_id, text=text
+    )
     return await _run_wait(started)
 
 
@@ -887,9 +925,7 @@ async def _run_wait(started: StartedRun) -> WaitOutcome:
     backend = get_backend()
 
     async def wait(thread_id: str | None) -> None:
-        result = await backend.run_wait(
-            text=live.text_in, thread_id=thread_id, checkpoint_id=live.checkpoint_id
-        )
+        result = await backend.run_wait(text=live.text_in, thread_id=thread_id)
         live.first_token_at = timezone.now()
         live.backend_run_id = result.run_id or ""
         live.parts = [result.reply]

@@ -6,6 +6,7 @@ reply never holds one of the server's threads.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -45,6 +46,7 @@ from runs.selectors import (
     conversation_list,
     conversation_to_dict,
     exchange_last,
+    transcript_from,
     transcript_rows,
 )
 
@@ -85,10 +87,10 @@ def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse
         except NotFound:
             return not_found_page(request)
         transcript = transcript_rows(conversation=conversation)
-    # The last message and its reply, which Edit and Regenerate act on.
-    last_exchange = set()
+    # The last reply, which Regenerate acts on (Edit is on each of the user's messages).
+    last_reply = ""
     if len(transcript) >= 2 and [m["role"] for m in transcript[-2:]] == ["user", "assistant"]:
-        last_exchange = {transcript[-2]["id"], transcript[-1]["id"]}
+        last_reply = transcript[-1]["id"]
     active_run = None
     if (
         conversation is not None
@@ -112,7 +114,7 @@ def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse
         "conversation": conversation,
         "conversation_json": conversation_to_dict(conversation) if conversation else None,
         "transcript": transcript,
-        "last_exchange": last_exchange,
+        "last_reply": last_reply,
         "memory_default": conversation.memory if conversation else settings.CHAT_MEMORY_DEFAULT,
         "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "active_run": active_run,
@@ -261,25 +263,49 @@ async def conversation_rename_form(
 async def chat_form_edit(
     request: HttpRequest, owner: Owner, conversation: Conversation
 ) -> HttpResponse:
-    """Edit the last message without JavaScript: a form with its text; sent, it waits for the
-    new reply and redirects back (PRG). A refused text is shown again with the reason."""
-    exchange = await sync_to_async(exchange_last)(conversation_id=conversation.id)
-    if exchange is None:
-        await sync_to_async(flash.error)(request, NoReply().message)
+    """Edit one of the user's messages without JavaScript (`?message=`, by default the last
+    one): a form with its text; sent, it waits for the new reply and redirects back (PRG). A
+    refused text is shown again with the reason."""
+    asked = request.POST.get("message") or request.GET.get("message")
+    refusal = "There is no such message of yours to edit."
+    if asked:
+        message_id = _message_id(asked)
+    else:
+        exchange = await sync_to_async(exchange_last)(conversation_id=conversation.id)
+        message_id = exchange.message.pk if exchange is not None else None
+        refusal = NoReply().message
+    from_message = (
+        await sync_to_async(transcript_from)(conversation_id=conversation.id, message_id=message_id)
+        if message_id is not None
+        else None
+    )
+    if from_message is None:
+        await sync_to_async(flash.error)(request, refusal)
         return redirect(reverse("conversation", args=[conversation.id]))
     context: dict[str, Any] = {
         "conversation": conversation,
-        "text": exchange.message.text,
+        "message_id": message_id,
+        "text": from_message[0].text,
+        "replaced_after": len(from_message) - 1,
         "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
     }
     if request.method == "POST":
         context["text"] = typed = request.POST.get("text", "")
         try:
-            return await _regenerated(request, owner, conversation, text=typed)
+            return await _regenerated(
+                request, owner, conversation, message_id=message_id, text=typed
+            )
         except (EmptyText, TextTooLong, InvalidRequest) as exc:
             context["error"] = exc.message
             return await sync_to_async(render)(request, "runs/edit.html", context, status=400)
     return await sync_to_async(render)(request, "runs/edit.html", context)
+
+
+def _message_id(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
 
 
 @require_POST
@@ -292,13 +318,18 @@ async def chat_form_regenerate(
 
 
 async def _regenerated(
-    request: HttpRequest, owner: Owner, conversation: Conversation, *, text: str | None = None
+    request: HttpRequest,
+    owner: Owner,
+    conversation: Conversation,
+    *,
+    message_id: uuid.UUID | None = None,
+    text: str | None = None,
 ) -> HttpResponse:
     """Waits for the regenerated reply (with `text`, of the edited message), then goes back to
     the conversation (PRG), where what went wrong is said. A refused edit is the caller's."""
     try:
         outcome = await services.chat_regenerate_wait(
-            owner=owner, conversation_id=conversation.id, text=text
+            owner=owner, conversation_id=conversation.id, message_id=message_id, text=text
         )
     except NotFound:  # deleted meanwhile
         return await _not_found(request)

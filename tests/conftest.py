@@ -146,14 +146,20 @@ class Socket:
                 return frame, frames
 
     async def chat(self, text: str, *, memory: bool, conversation: str | None = None) -> dict:
-        """Sends a message and returns its run's final frame (with `conversation` added)."""
+        """Sends a message and returns its run's final frame (with `conversation`, `mode` and
+        `user_message` from its `run.started`)."""
         await self.send(
             {"type": "chat.send", "text": text, "memory": memory, "conversation": conversation}
         )
         started, _ = await self.until("run.started")
         final, _ = await self.until_run_end()
         assert final["run"] == started["run"]
-        return {**final, "conversation": started["conversation"], "mode": started["mode"]}
+        return {
+            **final,
+            "conversation": started["conversation"],
+            "mode": started["mode"],
+            "user_message": started["user_message"],
+        }
 
     async def close(self) -> None:
         await self.communicator.disconnect()

@@ -102,6 +102,37 @@ def test_api_edits_the_last_message_and_the_form_does_without_javascript(client,
     assert Client().get(f"/c/{conv}/edit/").status_code == 404, "a stranger's"
 
 
+def test_api_edits_an_earlier_message_and_so_does_the_form_without_javascript(client, backend_url):
+    conv = say(client, "one", memory=True)["conversation"]
+    say(client, "two", memory=True, conversation=conv)
+    say(client, "three", memory=True, conversation=conv)
+    ids = [m["id"] for m in client.get(f"/api/conversations/{conv}/").json()["messages"]]
+
+    edited = post(
+        client, f"/api/conversations/{conv}/regenerate/", {"message": ids[2], "text": "2"}
+    )
+    assert edited.status_code == 200, edited.content
+    assert edited.json()["replaces"] == ids[2:]
+    assert edited.json()["reply"]["text"] == "You said: 2 (I can see 2 of your messages)"
+    for message in ["nope", ids[1], ids[2], 7]:
+        refused = post(client, f"/api/conversations/{conv}/regenerate/", {"message": message})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_frame"
+
+    # Without JavaScript: each of the user's messages has its Edit link, which says what goes.
+    messages = client.get(f"/api/conversations/{conv}/").json()["messages"]
+    page = client.get(f"/c/{conv}/").content.decode()
+    for message in messages[::2]:
+        assert f'href="/c/{conv}/edit/?message={message["id"]}"' in page
+    form = client.get(f"/c/{conv}/edit/?message={messages[0]['id']}").content.decode()
+    assert ">one</textarea>" in form and "the place of the 3 messages after it" in form
+    done = client.post(f"/c/{conv}/edit/", {"message": messages[0]["id"], "text": "1"})
+    assert done.status_code == 302 and done["Location"] == f"/c/{conv}/"
+    texts = [m["text"] for m in client.get(f"/api/conversations/{conv}/").json()["messages"]]
+    assert texts == ["1", "You said: 1 (I can see 1 of your messages)"]
+    gone = client.get(f"/c/{conv}/edit/?message={messages[0]['id']}", follow=True)
+    assert "There is no such message of yours to edit." in gone.content.decode()
+
+
 def test_api_regenerate_errors(client, backend_url):
     missing = post(client, f"/api/conversations/{uuid.uuid4()}/regenerate/")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

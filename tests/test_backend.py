@@ -101,11 +101,13 @@ async def test_thread_remembers_and_its_state_is_readable(backend_url):
     assert state.messages[-1].role == "assistant"
 
 
-async def test_a_run_from_the_checkpoint_before_the_last_one_does_it_again(backend_url):
+async def test_a_thread_rewound_to_before_a_run_forgets_it_and_all_after(backend_url):
     backend = get_backend()
     thread_id = (await backend.thread_create()).thread_id
     first, _ = await collect(backend, text="one", thread_id=thread_id)
     second, _ = await collect(backend, text="two", thread_id=thread_id)
+    for text in ("three", "four", "five"):  # the run asked about is far back in the history
+        await collect(backend, text=text, thread_id=thread_id)
 
     assert await backend.thread_fork_point(thread_id=thread_id, run_id=first.run_id) == ForkPoint(
         checkpoint_id=None
@@ -114,22 +116,25 @@ async def test_a_run_from_the_checkpoint_before_the_last_one_does_it_again(backe
     fork = await backend.thread_fork_point(thread_id=thread_id, run_id=second.run_id)
     assert fork is not None and fork.checkpoint_id
 
-    _, again = await collect(
-        backend, text="two", thread_id=thread_id, checkpoint_id=fork.checkpoint_id
-    )
-    assert seen_count(again) == 2
-    waited = await backend.run_wait(
-        text="two", thread_id=thread_id, checkpoint_id=fork.checkpoint_id
-    )
-    assert seen_count(waited.reply) == 2
+    await backend.thread_rewind(thread_id=thread_id, checkpoint_id=fork.checkpoint_id)
     state = await backend.thread_state(thread_id=thread_id)
-    assert [m.text for m in state.messages if m.role == "user"] == ["one", "two"]
-    # A run without a checkpoint goes on from the latest: the last fork.
-    assert seen_count((await backend.run_wait(text="three", thread_id=thread_id)).reply) == 3
+    assert [m.text for m in state.messages if m.role == "user"] == ["one"]
+    _, again = await collect(backend, text="two, again", thread_id=thread_id)
+    assert seen_count(again) == 2
+    waited = await backend.run_wait(text="three, again", thread_id=thread_id)
+    assert seen_count(waited.reply) == 3
+    state = await backend.thread_state(thread_id=thread_id)
+    assert [m.text for m in state.messages if m.role == "user"] == [
+        "one",
+        "two, again",
+        "three, again",
+    ]
 
     await backend.thread_delete(thread_id=thread_id)
     with pytest.raises(ThreadNotFound):
         await backend.thread_fork_point(thread_id=thread_id, run_id=second.run_id)
+    with pytest.raises(ThreadNotFound):
+        await backend.thread_rewind(thread_id=thread_id, checkpoint_id=fork.checkpoint_id)
 
 
 async def test_deleted_thread_is_not_found(backend_url):
@@ -333,8 +338,8 @@ async def test_backends_read_the_ca_bundle_once_not_once_per_client(monkeypatch)
 
 
 async def test_a_run_that_began_before_the_history_read_has_no_fork_point_to_guess():
-    # Only the run's later checkpoints fit in the page read: forking from one of them would
-    # keep half the run in the memory.
+    # Only the run's later checkpoints fit in the page read (a graph of many steps): forking
+    # from one of them would keep half the run in the memory.
     def handler(request: httpx.Request) -> httpx.Response:
         state = {
             "metadata": {"run_id": "r", "source": "loop", "step": 40},

@@ -869,26 +869,29 @@ def test_regenerate_replaces_the_last_reply_on_the_page_and_in_the_memory(new_pa
     shot(plain, "21-regenerate-no-javascript")
 
 
-def test_edit_the_last_message_in_place_or_cancel_with_escape(new_page, site):
+def test_edit_a_message_in_place_or_cancel_with_escape(new_page, site):
     page = new_page()
     page.goto(site.url)
     chat(page, "alpha", number=1, seen=1)
     chat(page, "betta", number=2, seen=2)
     user_messages = page.locator("#transcript li.message.user")
     edit = page.get_by_role("button", name="Edit your message")
-    expect(edit).to_have_count(1)  # on the last message only
+    expect(edit).to_have_count(2)  # on each of the user's messages
+    last_edit = user_messages.last.get_by_role("button", name="Edit your message")
 
-    edit.click()
+    last_edit.click()
     box = page.get_by_role("textbox", name="Edit your message")
     expect(box).to_be_focused()
     expect(box).to_have_value("betta")
     expect(page.get_by_role("button", name="Regenerate this reply")).to_have_count(0)
+    expect(edit).to_have_count(0), "one edit at a time"
+    expect(page.locator(".editor-note")).to_have_count(0), "only its own reply goes"
     box.press("Escape")
     expect(box).to_have_count(0)
     expect(user_messages.last.locator(".body")).to_have_text("betta")
-    expect(edit).to_be_focused()
+    expect(last_edit).to_be_focused()
 
-    edit.click()
+    last_edit.click()
     box.fill("beta")
     shot(page, "22-edit")
     box.press("Enter")
@@ -900,16 +903,30 @@ def test_edit_the_last_message_in_place_or_cancel_with_escape(new_page, site):
     expect(user_messages.last.locator(".body")).to_have_text("beta")
     expect(page.locator("#transcript li.message")).to_have_count(4)
 
-    # Without JavaScript, Edit leads to a page with the message in a box.
+    # An earlier message: the box says what goes with the old answer, and it all goes.
+    user_messages.first.get_by_role("button", name="Edit your message").click()
+    expect(box).to_have_value("alpha")
+    expect(box).to_have_accessible_description("Sending replaces the 3 messages after this one.")
+    box.fill("first")
+    shot(page, "22-edit-earlier")
+    box.press("Enter")
+    reply_is(page, 1, echo("first", 1))
+    expect(page.locator("#transcript li.message")).to_have_count(2)
+    chat(page, "second", number=2, seen=2)  # the memory holds "first" only
+    page.reload()
+    expect(user_messages.locator(".body")).to_have_text(["first", "second"])
+
+    # Without JavaScript, each Edit leads to a page with the message in a box.
     plain = new_page(java_script_enabled=False)
     plain.context.add_cookies(page.context.cookies())
     plain.goto(page.url)
-    plain.get_by_role("link", name="Edit your message").click()
-    expect(plain.get_by_role("textbox", name="Message")).to_have_value("beta")
+    plain.get_by_role("link", name="Edit your message").first.click()
+    expect(plain.get_by_role("textbox", name="Message")).to_have_value("first")
+    expect(plain.get_by_text("the place of the 3 messages after it")).to_be_visible()
     plain.get_by_role("textbox", name="Message").fill("gamma")
     plain.get_by_role("button", name="Send").click()
-    reply_is(plain, 2, echo("gamma", 2))
-    expect(plain.locator("#transcript li.message")).to_have_count(4)
+    reply_is(plain, 1, echo("gamma", 1))
+    expect(plain.locator("#transcript li.message")).to_have_count(2)
 
 
 def test_a_visitor_creates_an_account_from_the_header_and_keeps_the_conversation(new_page, site):

@@ -624,9 +624,10 @@ async def test_a_conversation_started_while_signing_in_goes_to_the_account_too(
     assert not await Conversation.objects.filter(session_key=visitor).aexists()
 
 
-async def regenerate(socket, conversation_id: str) -> tuple[dict, dict]:
-    """Regenerates the conversation's last reply: (its `run.started`, its final frame)."""
-    await socket.send({"type": "chat.regenerate", "conversation": conversation_id})
+async def regenerate(socket, conversation_id: str, **fields: str) -> tuple[dict, dict]:
+    """Regenerates the conversation's last reply (or, with `message`, asks again from that
+    message; with `text`, edited): (its `run.started`, its final frame)."""
+    await socket.send({"type": "chat.regenerate", "conversation": conversation_id, **fields})
     started, _ = await socket.until("run.started")
     final, _ = await socket.until_run_end()
     assert final["run"] == started["run"]
@@ -771,6 +772,100 @@ async def test_editing_the_last_message_asks_again_with_the_new_text_in_its_plac
         await socket.send({"type": "chat.regenerate", "conversation": conv, "text": bad})
         assert (await socket.receive())["code"] == code
     assert await Message.objects.filter(conversation_id=conv).acount() == 6
+
+
+async def test_editing_an_earlier_message_replaces_all_after_it_in_the_transcript_and_memory(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    one = await socket.chat("one", memory=True)
+    conv = one["conversation"]
+    two = await socket.chat("two", memory=True, conversation=conv)
+    three = await socket.chat("three", memory=True, conversation=conv)
+    thread_id = (await conversation(conv)).thread_id
+
+    started, again = await regenerate(socket, conv, message=two["user_message"]["id"], text="2")
+    assert started["replaces"] == [
+        two["user_message"]["id"],
+        two["message"]["id"],
+        three["user_message"]["id"],
+        three["message"]["id"],
+    ]
+    assert started["user_message"]["text"] == "2" and started["mode"] == "thread"
+    assert again["message"]["text"] == "You said: 2 (I can see 2 of your messages)"
+    thread = await get_backend().thread_state(thread_id=thread_id)
+    assert [m.text for m in thread.messages if m.role == "user"] == ["one", "2"]
+    four = await socket.chat("four", memory=True, conversation=conv)
+    assert seen_count(four["message"]["text"]) == 3
+
+    # Without `text`, the message stays and what came after it is asked again.
+    started, again = await regenerate(socket, conv, message=one["user_message"]["id"])
+    assert started["user_message"]["id"] == one["user_message"]["id"]
+    assert len(started["replaces"]) == 5 and one["user_message"]["id"] not in started["replaces"]
+    assert seen_count(again["message"]["text"]) == 1
+    await socket.send({"type": "conversation.watch", "conversation": conv})
+    snapshot, _ = await socket.until("conversation.snapshot")
+    assert [m["id"] for m in snapshot["messages"]] == [
+        one["user_message"]["id"],
+        again["message"]["id"],
+    ]
+    assert (await conversation(conv)).thread_id != thread_id, "its first run: a new memory"
+    kept = Message.objects.filter(conversation_id=conv, replaced_at__isnull=False)
+    assert await kept.acount() == 9, "everything replaced stays, for review"
+
+
+async def test_an_edit_asked_without_memory_still_takes_what_it_replaces_out_of_the_memory(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    first = await socket.chat("a", memory=True)
+    conv = first["conversation"]
+    aside = await socket.chat("b", memory=False, conversation=conv)
+    await socket.chat("c", memory=True, conversation=conv)
+    thread_id = (await conversation(conv)).thread_id
+
+    started, again = await regenerate(socket, conv, message=aside["user_message"]["id"], text="B")
+    assert started["mode"] == "stateless" and len(started["replaces"]) == 4
+    assert again["message"]["text"] == "You said: B (I can see 1 of your messages)"
+    thread = await get_backend().thread_state(thread_id=thread_id)
+    assert [m.text for m in thread.messages if m.role == "user"] == ["a"], "c is forgotten"
+    d = await socket.chat("d", memory=True, conversation=conv)
+    assert seen_count(d["message"]["text"]) == 2
+
+    # When what it replaces began the memory, the memory goes with it.
+    other = await socket.chat("x", memory=False)
+    conv = other["conversation"]
+    await socket.chat("y", memory=True, conversation=conv)
+    thread_id = (await conversation(conv)).thread_id
+    await regenerate(socket, conv, message=other["user_message"]["id"], text="X")
+    assert (await conversation(conv)).thread_id == ""
+    with pytest.raises(ThreadNotFound):
+        await get_backend().thread_state(thread_id=thread_id)
+    z = await socket.chat("z", memory=True, conversation=conv)
+    assert seen_count(z["message"]["text"]) == 1
+
+
+async def test_asking_again_from_a_message_that_is_not_one_of_yours_is_refused(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    one = await socket.chat("one", memory=False)
+    conv = one["conversation"]
+    elsewhere = await socket.chat("elsewhere", memory=False)
+    await regenerate(socket, conv, message=one["user_message"]["id"], text="uno")
+    for message in [
+        one["message"]["id"],  # the assistant's
+        one["user_message"]["id"],  # replaced by the edit
+        elsewhere["user_message"]["id"],  # another conversation's
+        str(uuid.uuid4()),
+    ]:
+        await socket.send({"type": "chat.regenerate", "conversation": conv, "message": message})
+        refused = await socket.receive()
+        assert refused["code"] == "invalid_frame", refused
+        assert "one of your messages in this conversation" in refused["message"]
+    await socket.send({"type": "chat.regenerate", "conversation": conv, "message": "one"})
+    assert (await socket.receive())["code"] == "invalid_frame"
+    assert await Message.objects.filter(conversation_id=conv).acount() == 4
 
 
 async def test_a_password_change_sends_the_accounts_other_browsers_away_and_keeps_this_one(

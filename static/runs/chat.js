@@ -289,30 +289,32 @@ function setBusy() {
   placeLastActions();
 }
 
-// Regenerate sits on the last reply, and Edit on the message it answers, while nothing streams
-// or waits: the server's form and link without JavaScript, these buttons with it.
+// Regenerate sits on the last reply, and Edit on each of the user's messages, while nothing
+// streams or waits: the server's form and links without JavaScript, these buttons with it.
 function placeLastActions() {
+  const idle = Boolean(state.conversation && !state.activeRun && !state.pending && !transcript.querySelector(".editor"));
   const reply = transcript.lastElementChild;
-  const message = reply?.previousElementSibling;
-  const offered = Boolean(
-    reply?.matches("li.message.assistant[data-id]") && message?.matches("li.message.user[data-id]")
-      && state.conversation && !state.activeRun && !state.pending && !transcript.querySelector(".editor"),
+  const lastExchange = Boolean(
+    reply?.matches("li.message.assistant[data-id]") && reply.previousElementSibling?.matches("li.message.user[data-id]"),
   );
-  offerAction(reply, ".regenerate", offered, () =>
+  offerAction(idle && lastExchange ? [reply] : [], ".regenerate", () =>
     labelledButton("regenerate link small", "Regenerate this reply", "Regenerate", "Ask again: the new reply takes this one's place"));
-  offerAction(message, ".edit", offered, () =>
-    labelledButton("edit link small", "Edit your message", "Edit", "Change it and send it again: the new reply takes the old one's place"));
+  offerAction(idle ? [...transcript.querySelectorAll("li.message.user[data-id]")] : [], ".edit", () =>
+    labelledButton("edit link small", "Edit your message", "Edit", "Change it and send it again: a new reply takes the place of the old one and of what came after"));
 }
 
-function offerAction(item, selector, offered, make) {
+// Puts the action `selector` on each of `items`, and takes it off every other message.
+function offerAction(items, selector, make) {
   transcript.querySelectorAll(selector).forEach((node) => {
-    if (!offered || node.closest("li") !== item) {
+    if (!items.includes(node.closest("li"))) {
       const hadFocus = node.contains(document.activeElement);
       node.remove();
       if (hadFocus) textBox.focus();
     }
   });
-  if (offered && !item.querySelector(selector)) item.querySelector(".meta .actions").append(make());
+  for (const item of items) {
+    if (!item.querySelector(selector)) item.querySelector(".meta .actions").append(make());
+  }
 }
 
 function showBanner(text, code) {
@@ -774,11 +776,13 @@ function submitMessage(text, memory) {
   if (!sendPending()) announce("Connecting… your message will be sent in a moment.");
 }
 
-// With `text`, the last message is edited to say it first.
-function regenerateReply(text) {
+// Asks again from the user's message `messageId` (by default the last), in place of its reply
+// and what came after; with `text`, that message is edited to say it first.
+function regenerateReply(text, messageId) {
   if (state.activeRun || state.pending || !state.conversation) return;
   state.pending = { client_id: clientId(), regenerate: true, queued: true };
   if (text !== undefined) state.pending.text = text;
+  if (messageId !== undefined) state.pending.message = messageId;
   state.lastFailed = null;
   hideBanner();
   setBusy();
@@ -789,7 +793,7 @@ function regenerateReply(text) {
 function sendPending() {
   const pending = state.pending;
   const frame = pending.regenerate
-    ? { type: "chat.regenerate", conversation: state.conversation, client_id: pending.client_id, text: pending.text }
+    ? { type: "chat.regenerate", conversation: state.conversation, client_id: pending.client_id, message: pending.message, text: pending.text }
     : { type: "chat.send", text: pending.text, memory: pending.memory, conversation: state.conversation, client_id: pending.client_id };
   if (!send(frame)) return false;
   pending.queued = false;
@@ -923,11 +927,15 @@ transcript.addEventListener("click", (event) => {
   }
 });
 
-// Edit in place: the message becomes a box with its text; sent, the last exchange is asked
-// again with it. Esc or Cancel leaves it as it was.
+// Edit in place: the message becomes a box with its text; sent, it is asked again as edited,
+// and what came after it leaves (the box says how much). Esc or Cancel leaves it as it was.
 function editMessage(item) {
   if (state.activeRun || state.pending || transcript.querySelector(".editor")) return;
   const editor = el("form", "editor");
+  let after = 0;
+  for (let next = item.nextElementSibling; next; next = next.nextElementSibling) {
+    if (next.matches("li.message")) after += 1;
+  }
   const box = el("textarea");
   box.value = item.dataset.text;
   box.maxLength = Number(chat.dataset.maxChars);
@@ -938,7 +946,14 @@ function editMessage(item) {
   save.type = "submit";
   const buttons = el("div", "editor-actions");
   buttons.append(cancel, save);
-  editor.append(box, buttons);
+  editor.append(box);
+  if (after > 1) {
+    const warning = el("p", "hint editor-note", `Sending replaces the ${after} messages after this one.`);
+    warning.id = `editor-note-${item.dataset.id}`;
+    box.setAttribute("aria-describedby", warning.id);
+    editor.append(warning);
+  }
+  editor.append(buttons);
   item.classList.add("editing");
   item.append(editor);
   placeLastActions();
@@ -975,7 +990,7 @@ function editMessage(item) {
       return;
     }
     close();
-    regenerateReply(text);
+    regenerateReply(text, item.dataset.id);
   });
   autosize(box);
   box.focus();
