@@ -91,6 +91,10 @@ class Run(models.Model):
     relay_channel = models.CharField(max_length=200, blank=True)
     # Told to the user with the reply, e.g. that the old memory was gone and a new one began.
     notice = models.CharField(max_length=300, blank=True)
+    # A regeneration's: the backend runs whose memory it takes out of that thread before it
+    # asks. Kept, so that asking again after it failed still does (see services).
+    rewind_thread_id = models.CharField(max_length=64, blank=True)
+    rewind_run_ids = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-started_at"]

@@ -318,7 +318,12 @@ def _conversation_lock_at_rest(*, owner: Owner, conversation_id: Any) -> Convers
 
 
 def _run_claim(
-    *, conversation: Conversation, mode: str, relay_channel: str, changes: dict[str, Any]
+    *,
+    conversation: Conversation,
+    mode: str,
+    relay_channel: str,
+    changes: dict[str, Any],
+    rewind_run_ids: tuple[str, ...] = (),
 ) -> Run:
     """Saves a pending run and claims the conversation for it, with `changes` to its row; Busy
     when a run of it is active. The claim: only the request that sets active_run from empty (or
@@ -330,6 +335,8 @@ def _run_claim(
             conversation=conversation,
             mode=mode,
             thread_id=conversation.thread_id if mode == Run.Mode.THREAD else "",
+            rewind_thread_id=conversation.thread_id if rewind_run_ids else "",
+            rewind_run_ids=list(rewind_run_ids),
         )
     )
     claim = {"active_run": run, **changes, "updated_at": timezone.now()}
@@ -409,19 +416,23 @@ async def chat_start(
 
 
 def _thread_runs_of(messages: Iterable[Message], *, thread_id: str) -> tuple[str, ...]:
-    """The backend runs that wrote `messages` into the thread `thread_id`, oldest first."""
+    """The backend runs that wrote `messages` into the thread `thread_id`, oldest first; and
+    for a run that was itself a regeneration, the runs it was to take out of the thread: had
+    it failed before it did, they are still there. (Those began where it did or later, so the
+    thread still goes back to the same place.)"""
     run_ids: list[str] = []
     for message in messages:
         run = message.run
-        if (
-            thread_id
-            and run is not None
-            and run.mode == Run.Mode.THREAD
-            and run.thread_id == thread_id
-            and run.backend_run_id
-            and run.backend_run_id not in run_ids
-        ):
-            run_ids.append(run.backend_run_id)
+        if not thread_id or run is None:
+            continue
+        candidates = []
+        if run.mode == Run.Mode.THREAD and run.thread_id == thread_id and run.backend_run_id:
+            candidates.append(run.backend_run_id)
+        if run.rewind_thread_id == thread_id:
+            candidates.extend(run.rewind_run_ids)
+        for run_id in candidates:
+            if run_id not in run_ids:
+                run_ids.append(run_id)
     return tuple(run_ids)
 
 
@@ -448,8 +459,13 @@ def _chat_regenerate(
         user_message, after = from_message[0], from_message[1:]
         # Asked again as it was asked: remembered or not, whatever the switch says now.
         mode = Run.Mode.THREAD if user_message.remembered else Run.Mode.STATELESS
+        rewind_run_ids = _thread_runs_of(from_message, thread_id=conversation.thread_id)
         run = _run_claim(
-            conversation=conversation, mode=mode, relay_channel=relay_channel, changes={}
+            conversation=conversation,
+            mode=mode,
+            relay_channel=relay_channel,
+            changes={},
+            rewind_run_ids=rewind_run_ids,
         )
         replaced = tuple(after) if text is None else tuple(from_message)
         if replaced:
@@ -469,7 +485,6 @@ def _chat_regenerate(
                     run=run,
                 )
             )
-        rewind_run_ids = _thread_runs_of(from_message, thread_id=conversation.thread_id)
     return StartedRun(
         conversation=conversation,
         run=run,

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from agent.server import ROOT, EmbeddedBackend
+from agent.server import ROOT, EmbeddedBackend, free_port
 from runs.backend import get_backend
 from runs.models import Conversation, Message, Run
 from tests.conftest import LOG_DIR, Socket, seen_count, session_cookie_for
@@ -68,6 +68,39 @@ async def test_backend_down_then_back_retry_works(settings, socket_factory):
         assert await users.acount() == 1
     finally:
         await asyncio.to_thread(backend.stop)
+
+
+async def test_an_edit_cut_off_from_the_backend_still_clears_the_memory_when_retried(
+    settings, backend_url, socket_factory
+):
+    socket = await socket_factory()
+    first = await socket.chat("a", memory=True)
+    conv = first["conversation"]
+    aside = await socket.chat("b", memory=False, conversation=conv)
+    await socket.chat("c", memory=True, conversation=conv)
+    thread_id = (await Conversation.objects.aget(pk=conv)).thread_id
+
+    # The backend cannot be reached: the edit is saved, and its run fails before it could take
+    # "c" out of the memory.
+    settings.LANGGRAPH_URL = f"http://127.0.0.1:{free_port()}"
+    edit = {"message": aside["user_message"]["id"], "text": "B"}
+    await socket.send({"type": "chat.regenerate", "conversation": conv, **edit})
+    started, _ = await socket.until("run.started")
+    failed, _ = await socket.until_run_end()
+    assert failed["type"] == "run.failed" and len(started["replaces"]) == 4
+    assert failed["error"]["code"] == "backend_unavailable"
+
+    # Back: Retry asks again in place, and the memory loses "c" as the transcript did.
+    settings.LANGGRAPH_URL = backend_url
+    await socket.send({"type": "chat.regenerate", "conversation": conv})
+    again, _ = await socket.until("run.started")
+    assert again["replaces"] == [failed["message"]["id"]]
+    retried, _ = await socket.until_run_end()
+    assert retried["message"]["text"] == "You said: B (I can see 1 of your messages)"
+    thread = await get_backend().thread_state(thread_id=thread_id)
+    assert [m.text for m in thread.messages if m.role == "user"] == ["a"]
+    d = await socket.chat("d", memory=True, conversation=conv)
+    assert seen_count(d["message"]["text"]) == 2
 
 
 async def test_backend_killed_mid_stream_saves_the_partial_reply_as_failed(
