@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Prefetch
 from django.utils import timezone
@@ -1217,6 +1218,38 @@ async def conversation_delete(*, owner: Owner, conversation_id: Any) -> Conversa
         owner=owner, frame={"type": "conversation.deleted", "conversation": str(conversation.id)}
     )
     return conversation
+
+
+def _account_conversations(*, user_id: int) -> list[Conversation]:
+    return list(Conversation.objects.filter(owner_id=user_id).select_related("active_run"))
+
+
+def _account_delete_row(*, user_id: int) -> bool:
+    """Deletes the account, unless a conversation of it came meanwhile (True when it went)."""
+    with transaction.atomic():
+        if Conversation.objects.filter(owner_id=user_id).exists():
+            return False
+        get_user_model().objects.filter(pk=user_id).delete()
+        return True
+
+
+async def account_delete(*, user_id: int) -> int:
+    """Deletes the account and all its conversations, each with its transcript and its backend
+    thread (as `conversation_delete`); returns how many conversations went. Busy while a reply
+    streams in one of them. If the backend cannot be reached, the conversations whose memory
+    was deleted are gone, and the account and the rest stay: asking again finishes."""
+    deleted = 0
+    for _ in range(3):  # again, should one be started in another tab meanwhile
+        conversations = await db_call(_account_conversations)(user_id=user_id)
+        if any(c.active_run_id and c.active_run.is_active for c in conversations):
+            raise Busy("Wait for the reply to finish (or stop it) before deleting your account.")
+        for conversation in conversations:
+            await _thread_forget(conversation)
+            await db_call(_conversation_delete_rows)(conversation_id=conversation.id)
+            deleted += 1
+        if await db_call(_account_delete_row)(user_id=user_id):
+            return deleted
+    raise Busy("Conversations were being started while your account was deleted: try again.")
 
 
 def _conversation_rename(*, owner: Owner, conversation_id: Any, title: str) -> Conversation:

@@ -14,8 +14,9 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages as flash
-from django.contrib.auth import login
+from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -38,6 +39,7 @@ from runs.exceptions import (
     NotFound,
     TextTooLong,
 )
+from runs.forms import AccountDeleteForm
 from runs.middleware import session_ended_notice
 from runs.models import Conversation
 from runs.selectors import (
@@ -398,6 +400,40 @@ class SignUpView(auth_views.RedirectURLMixin, FormView):
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         return super().get_context_data(next=self.get_redirect_url(), **kwargs)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+async def account_delete(request: HttpRequest) -> HttpResponse:
+    """Deletes the signed-in account and everything of it, once its password is given; then
+    this browser is signed out and every socket of the account is told to leave. Staff
+    accounts are removed in the admin console instead."""
+    user = await request.auser()
+    if user.is_staff:
+        return await sync_to_async(render)(
+            request, "registration/account_delete.html", {"staff": True}, status=403
+        )
+    form = AccountDeleteForm(user, request.POST if request.method == "POST" else None)
+    if form.is_bound and await sync_to_async(form.is_valid)():
+        try:
+            await services.account_delete(user_id=user.pk)
+        except ChatError as exc:
+            form.add_error(None, exc.message)
+        else:
+            await sync_to_async(logout)(request)
+            owner = Owner(user_id=user.pk, session_key="")
+            session_ended_notice(request, group=services.owner_group(owner), reason="signed_out")
+            await sync_to_async(flash.success)(
+                request, "Your account was deleted, with its conversations and their memory."
+            )
+            return redirect("chat")
+    count = await Conversation.objects.filter(owner_id=user.pk).acount()
+    return await sync_to_async(render)(
+        request,
+        "registration/account_delete.html",
+        {"form": form, "conversation_count": count},
+        status=400 if form.errors else 200,
+    )
 
 
 @require_GET

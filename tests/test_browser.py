@@ -957,6 +957,30 @@ def test_a_visitor_creates_an_account_from_the_header_and_keeps_the_conversation
     chat(page, "now with an account", number=2, seen=2)
 
 
+def test_an_account_deleted_from_its_password_page_leaves_nothing_behind(new_page, site, workdir):
+    site_shell(workdir, "User.objects.create_user('rita', password='pw-rita-12345')")
+    page = new_page()
+    sign_in(page, site, "rita", "pw-rita-12345")
+    chat(page, "something to forget", number=1, seen=1)
+
+    page.get_by_role("link", name="rita").click()
+    page.get_by_role("link", name="Delete your account").click()
+    expect(page.get_by_role("heading", name="Delete your account?")).to_be_visible()
+    expect(page.get_by_text("your 1 conversation: its transcript and")).to_be_visible()
+    page.get_by_label("Your password").fill("not my password")
+    page.get_by_role("button", name="Delete my account").click()
+    expect(page.get_by_role("alert")).to_have_text("That is not your password.")
+    page.get_by_label("Your password").fill("pw-rita-12345")
+    shot(page, "25-delete-account")
+    page.get_by_role("button", name="Delete my account").click()
+
+    expect(page.locator(".banner.success")).to_contain_text("Your account was deleted")
+    expect(page.get_by_role("link", name="Sign in")).to_be_visible()
+    expect(page.locator("#conversation-list a")).to_have_count(0)
+    sign_in(page, site, "rita", "pw-rita-12345")
+    expect(page.get_by_role("alert")).to_contain_text("didn't match")
+
+
 def test_a_password_change_keeps_this_browser_signed_in_and_signs_out_the_others(
     new_context, site, workdir
 ):

@@ -868,6 +868,23 @@ async def test_asking_again_from_a_message_that_is_not_one_of_yours_is_refused(
     assert await Message.objects.filter(conversation_id=conv).acount() == 4
 
 
+async def test_a_deleted_account_sends_all_its_browsers_away(backend_url, socket_factory):
+    user = await User.objects.acreate_user("hugo", password="pw-hugo-12345")
+    laptop_cookie = await database_sync_to_async(session_cookie_for)(user)
+    laptop_tab = await socket_factory(laptop_cookie)
+    phone = await socket_factory(await database_sync_to_async(session_cookie_for)(user))
+    await phone.chat("from my phone", memory=True)
+
+    deleted = await api_client_for(laptop_cookie).post(
+        "/accounts/delete/", {"password": "pw-hugo-12345"}
+    )
+    assert deleted.status_code == 302
+    for tab in (laptop_tab, phone):
+        told, _ = await tab.until("session.ended")
+        assert told["reason"] == "signed_out"
+    assert not await Conversation.objects.filter(owner_id=user.pk).aexists()
+
+
 async def test_a_password_change_sends_the_accounts_other_browsers_away_and_keeps_this_one(
     backend_url, socket_factory
 ):

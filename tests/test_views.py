@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
+from django.test import Client
 
-from runs.models import Conversation
+from runs.models import Conversation, Message
 from runs.services import VISITOR_SESSION_KEY
+from tests.test_api import say, thread_is_gone
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -146,3 +148,45 @@ def test_sign_up_stays_open_when_the_chat_requires_sign_in(client, settings):
     fields = {"username": "noa", "password1": "a-long-pw-for-noa", "password2": "a-long-pw-for-noa"}
     assert client.post("/accounts/signup/", fields)["Location"] == "/"
     assert client.get("/").status_code == 200
+
+
+def test_an_account_is_deleted_with_its_conversations_and_their_memory(client, backend_url):
+    User.objects.create_user("pat", password="pw-pat-12345")
+    User.objects.create_user("quinn", password="pw-quinn-12345")
+    client.login(username="pat", password="pw-pat-12345")
+    remembered = say(client, "remember me", memory=True)["conversation"]
+    say(client, "not this", memory=False)
+    thread_id = Conversation.objects.get(pk=remembered).thread_id
+    other = Client()
+    other.login(username="quinn", password="pw-quinn-12345")
+    kept = say(other, "mine stays", memory=True)["conversation"]
+
+    password_page = client.get("/accounts/password/").content.decode()
+    assert 'href="/accounts/delete/"' in password_page
+    page = client.get("/accounts/delete/").content.decode()
+    assert "your 2 conversations: their transcripts and the assistant" in page
+    assert 'autocomplete="current-password"' in page
+    refused = client.post("/accounts/delete/", {"password": "not-it"})
+    assert refused.status_code == 400 and "That is not your password." in refused.content.decode()
+    assert User.objects.filter(username="pat").exists() and not thread_is_gone(thread_id)
+
+    deleted = client.post("/accounts/delete/", {"password": "pw-pat-12345"})
+    assert deleted.status_code == 302 and deleted["Location"] == "/"
+    assert not User.objects.filter(username="pat").exists()
+    assert not Conversation.objects.filter(pk=remembered).exists()
+    assert not Message.objects.filter(text__in=["remember me", "not this"]).exists()
+    assert thread_is_gone(thread_id), "the assistant's memory goes with it"
+    chat = client.get("/")
+    assert not chat.context["user"].is_authenticated
+    assert "Your account was deleted" in chat.content.decode()
+    assert not client.login(username="pat", password="pw-pat-12345")
+    assert Conversation.objects.filter(pk=kept).exists(), "another account's stays"
+
+
+def test_only_a_signed_in_non_staff_account_deletes_itself(client, django_user_model):
+    assert client.get("/accounts/delete/")["Location"].startswith("/accounts/login/")
+    django_user_model.objects.create_user("root", password="pw-root-12345", is_staff=True)
+    client.login(username="root", password="pw-root-12345")
+    refused = client.post("/accounts/delete/", {"password": "pw-root-12345"})
+    assert refused.status_code == 403 and "admin console" in refused.content.decode()
+    assert django_user_model.objects.filter(username="root").exists()
