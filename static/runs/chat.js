@@ -286,12 +286,12 @@ function setBusy() {
   sendButton.hidden = streaming;
   sendButton.disabled = state.pending !== null;
   chat.classList.toggle("streaming", streaming);
-  placeLastActions();
+  placeMessageActions();
 }
 
 // Regenerate sits on the last reply, and Edit on each of the user's messages, while nothing
 // streams or waits: the server's form and links without JavaScript, these buttons with it.
-function placeLastActions() {
+function placeMessageActions() {
   const idle = Boolean(state.conversation && !state.activeRun && !state.pending && !transcript.querySelector(".editor"));
   const reply = transcript.lastElementChild;
   const lastExchange = Boolean(
@@ -956,11 +956,11 @@ function editMessage(item) {
   editor.append(buttons);
   item.classList.add("editing");
   item.append(editor);
-  placeLastActions();
+  placeMessageActions();
   const close = () => {
     editor.remove();
     item.classList.remove("editing");
-    placeLastActions();
+    placeMessageActions();
   };
   const cancelEdit = () => {
     close();
