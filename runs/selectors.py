@@ -116,6 +116,30 @@ def transcript_from(*, conversation_id: Any, message_id: Any) -> list[Message] |
     return [first, *later]
 
 
+def conversation_markdown(*, conversation: Conversation) -> str:
+    """The conversation as its transcript shows it, as a Markdown document to download: each
+    message under a heading that says who, when, and whether it was remembered."""
+    messages = (
+        conversation.messages.filter(replaced_at__isnull=True)
+        .select_related("run")
+        .order_by("created_at")
+    )
+    lines = [f"# {conversation.title or 'Conversation'}", ""]
+    for message in messages:
+        who = "You" if message.role == Message.Role.USER else "Assistant"
+        notes = [
+            message.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+            "remembered" if message.remembered else "not remembered",
+        ]
+        if message.role == Message.Role.ASSISTANT and message.run is not None:
+            if message.run.status == Run.Status.CANCELLED:
+                notes.append("stopped")
+            elif message.run.status == Run.Status.FAILED:
+                notes.append("failed")
+        lines += [f"## {who} · {' · '.join(notes)}", "", message.text or "*(nothing)*", ""]
+    return "\n".join(lines)
+
+
 def message_to_dict(message: Message, run: Run | None = None) -> dict[str, Any]:
     """A protocol v1 message; a reply also says how its run ended (`status`, `error`, `notice`)."""
     data: dict[str, Any] = {

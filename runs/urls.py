@@ -27,6 +27,11 @@ urlpatterns = [
         name="chat_form_regenerate",
     ),
     path("c/<uuid:conversation_id>/edit/", views.chat_form_edit, name="chat_form_edit"),
+    path(
+        "c/<uuid:conversation_id>/download/",
+        views.conversation_download,
+        name="conversation_download",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("api/chat/", api.chat, name="api_chat"),
     path("api/conversations/", api.conversations, name="api_conversations"),

@@ -24,6 +24,8 @@ from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.decorators import method_decorator
+from django.utils.http import content_disposition_header
+from django.utils.text import slugify
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -46,6 +48,7 @@ from runs.selectors import (
     Owner,
     conversation_get,
     conversation_list,
+    conversation_markdown,
     conversation_to_dict,
     exchange_last,
     transcript_from,
@@ -308,6 +311,19 @@ def _message_id(value: str | None) -> uuid.UUID | None:
         return uuid.UUID(value) if value else None
     except ValueError:
         return None
+
+
+@require_GET
+@conversation_page
+async def conversation_download(
+    request: HttpRequest, owner: Owner, conversation: Conversation
+) -> HttpResponse:
+    """The conversation as a Markdown file, named after its title."""
+    document = await sync_to_async(conversation_markdown)(conversation=conversation)
+    response = HttpResponse(document, content_type="text/markdown; charset=utf-8")
+    name = f"{slugify(conversation.title)[:60] or 'conversation'}.md"
+    response["Content-Disposition"] = content_disposition_header(True, name)
+    return response
 
 
 @require_POST

@@ -981,6 +981,25 @@ def test_an_account_deleted_from_its_password_page_leaves_nothing_behind(new_pag
     expect(page.get_by_role("alert")).to_contain_text("didn't match")
 
 
+def test_download_saves_the_conversation_as_markdown(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    download = page.get_by_role("link", name="Download")
+    expect(download).to_be_hidden(), "a new chat has nothing to save yet"
+    chat(page, "keep this", number=1, seen=1)
+    expect(download).to_be_visible()
+    with page.expect_download() as saving:
+        download.click()
+    saved = saving.value
+    assert saved.suggested_filename == "keep-this.md"
+    document = Path(saved.path()).read_text(encoding="utf-8")
+    assert document.startswith("# keep this\n")
+    assert f"\n{echo('keep this', 1)}\n" in document
+
+    page.get_by_role("link", name="New chat").click()
+    expect(download).to_be_hidden()
+
+
 def test_a_password_change_keeps_this_browser_signed_in_and_signs_out_the_others(
     new_context, site, workdir
 ):

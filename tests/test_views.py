@@ -8,7 +8,7 @@ from django.test import Client
 
 from runs.models import Conversation, Message
 from runs.services import VISITOR_SESSION_KEY
-from tests.test_api import say, thread_is_gone
+from tests.test_api import post, say, thread_is_gone
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -190,3 +190,29 @@ def test_only_a_signed_in_non_staff_account_deletes_itself(client, django_user_m
     refused = client.post("/accounts/delete/", {"password": "pw-root-12345"})
     assert refused.status_code == 403 and "admin console" in refused.content.decode()
     assert django_user_model.objects.filter(username="root").exists()
+
+
+def test_a_conversation_downloads_as_markdown_as_its_transcript_shows_it(client, backend_url):
+    conv = say(client, "one", memory=True)["conversation"]
+    old = say(client, "**two**", memory=False, conversation=conv)["reply"]
+    again = post(client, f"/api/conversations/{conv}/regenerate/").json()["reply"]
+    client.patch(
+        f"/api/conversations/{conv}/", {"title": "Notes: día 1"}, content_type="application/json"
+    )
+    assert f'href="/c/{conv}/download/"' in client.get(f"/c/{conv}/").content.decode()
+
+    response = client.get(f"/c/{conv}/download/")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/markdown; charset=utf-8"
+    assert response["Content-Disposition"] == 'attachment; filename="notes-dia-1.md"'
+    document = response.content.decode()
+    day = again["created_at"][:10]
+    headings = [line for line in document.splitlines() if line.startswith("#")]
+    assert headings[0] == "# Notes: día 1"
+    assert [h.split(" · ")[0] for h in headings[1:]] == ["## You", "## Assistant"] * 2
+    assert headings[1].startswith(f"## You · {day} ") and headings[1].endswith(" · remembered")
+    assert headings[4].endswith(" · not remembered")
+    assert "\n**two**\n" in document, "the text as it was typed, markdown and all"
+    assert again["text"] in document and old["id"] != again["id"]
+    assert document.count("You said: **two**") == 1, "the reply it replaced is left out"
+    assert Client().get(f"/c/{conv}/download/").status_code == 404, "a stranger's"

@@ -20,6 +20,7 @@ const memoryHelp = $("memory-help");
 const forgetButton = $("forget");
 const forgetDialog = $("forget-dialog");
 const deleteButton = $("delete");
+const downloadLink = $("download");
 const deleteDialog = $("delete-dialog");
 const deleteForm = $("delete-form");
 const renameButton = $("rename");
@@ -365,6 +366,8 @@ function setConversation(conversation) {
   setHasThread(conversation.has_thread);
   deleteButton.disabled = false;
   renameButton.disabled = false;
+  downloadLink.href = `/c/${conversation.id}/download/`;
+  downloadLink.hidden = false;
   const path = `/c/${conversation.id}/`;
   if (location.pathname !== path) history.replaceState(null, "", path);
   const link = listConversation(conversation.id, conversation.title);
@@ -522,6 +525,8 @@ function dropConversation(id) {
   setHasThread(false);
   deleteButton.disabled = true;
   renameButton.disabled = true;
+  downloadLink.hidden = true;
+  downloadLink.removeAttribute("href");
   if (renameDialog.open) renameDialog.close();
   transcript.replaceChildren();
   if (emptyState) transcript.append(emptyState.cloneNode(true));
