@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Lower
+from django.db.models.lookups import Contains
 
 from runs.exceptions import NotFound
 from runs.models import Conversation, Message, Run
@@ -68,10 +70,12 @@ def conversation_list(
     with a `query`, only those whose title or any message contains it (case-insensitive)."""
     conversations = conversation_queryset(owner=owner)
     if query:
+        # Lowered on both sides rather than `icontains`, which folds only ASCII on SQLite.
+        folded = query.lower()
         said = Message.objects.filter(
-            conversation=OuterRef("pk"), replaced_at__isnull=True, text__icontains=query
+            Contains(Lower("text"), folded), conversation=OuterRef("pk"), replaced_at__isnull=True
         )
-        conversations = conversations.filter(Q(title__icontains=query) | Exists(said))
+        conversations = conversations.filter(Q(Contains(Lower("title"), folded)) | Q(Exists(said)))
     rows = list(conversations.order_by("-updated_at", "-pk")[offset : offset + limit + 1])
     return ConversationListPage(conversations=rows[:limit], offset=offset, more=len(rows) > limit)
 

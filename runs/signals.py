@@ -1,4 +1,7 @@
+from typing import Any
+
 from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 
 from runs.middleware import session_ended_notice
@@ -31,3 +34,15 @@ def end_the_sessions_sockets(sender, request, user, **kwargs) -> None:
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if session_key:
         session_ended_notice(request, group=session_group(session_key), reason="signed_out")
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+@receiver(connection_created)
+def sqlite_lower_folds_every_letter(sender, connection, **kwargs) -> None:
+    """SQLite's lower() folds only ASCII letters, so a search for "über" missed "Über": on
+    SQLite, lower() is Python's, which folds every letter as PostgreSQL's does."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_function("lower", 1, _lower, deterministic=True)

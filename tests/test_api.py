@@ -473,6 +473,26 @@ def test_the_list_pages_and_searches_without_javascript(client):
     assert "A search can be at most 200 characters" in refused.content.decode()
 
 
+def test_search_folds_the_case_of_every_letter_not_only_ascii(client):
+    user = User.objects.create_user("zoe", password="pw-zoe-12345")
+    client.force_login(user)
+    made = conversations_for(user, 3)
+    Message.objects.create(conversation=made[0], role="user", text="Über die Brücke")
+    made[1].title = "ΣΟΦΊΑ's notes"
+    made[1].save()
+    Message.objects.create(conversation=made[2], role="user", text="100% sure_ly")
+
+    def found(query: str) -> list[str]:
+        listing = client.get("/api/conversations/", {"q": query}).json()["conversations"]
+        return [c["title"] for c in listing]
+
+    assert found("über") == found("ÜBER") == found("brücke") == [made[0].title]
+    assert found("σοφία") == ["ΣΟΦΊΑ's notes"]
+    assert found("0% s") == [made[2].title] and found("e_l") == [made[2].title]
+    assert found("%") == [made[2].title] and found("_") == [made[2].title], "wildcards are text"
+    assert found("bridge") == []
+
+
 def test_delete_while_a_reply_streams_is_refused_and_keeps_everything(client, backend_url):
     client.post("/send/", {"text": "one", "memory": "on"})
     conversation = Conversation.objects.get()
