@@ -199,7 +199,7 @@ def test_daphne_killed_mid_run_the_run_is_marked_interrupted_at_restart(langgrap
     site = LiveSite("restart", env=env).start()
     cookie = _visitor_cookie(site)
 
-    async def start_and_read_some() -> tuple[str, str]:
+    async def start_read_some_then_crash() -> tuple[str, str]:
         async with websockets.connect(
             site.ws_url, origin=site.url, additional_headers={"Cookie": cookie}
         ) as ws:
@@ -210,11 +210,13 @@ def test_daphne_killed_mid_run_the_run_is_marked_interrupted_at_restart(langgrap
                 frame = json.loads(await ws.recv())
                 text += frame.get("text", "")
             await asyncio.sleep(1.0)  # a few heartbeats record the progress
+            # Killed with the socket still open, mid-reply: not after a closing handshake
+            # whose wait could outlast the reply.
+            site.kill()
             return started["run"], started["conversation"]
 
     try:
-        run_id, conversation_id = asyncio.run(start_and_read_some())
-        site.kill()
+        run_id, conversation_id = asyncio.run(start_read_some_then_crash())
         stuck = _run_row(env, run_id)
         assert stuck["status"] == "streaming" and stuck["partial_text"].startswith(
             "You said: crash"
