@@ -9,7 +9,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Lower
 from django.db.models.lookups import Contains
 
-from runs.exceptions import NotFound
+from runs.exceptions import InvalidRequest, NoReply, NotFound
 from runs.models import Conversation, Message, Run
 from runs.rendering import markdown_to_safe_html
 
@@ -90,32 +90,28 @@ def conversation_get(*, owner: Owner, conversation_id: Any) -> Conversation:
         raise NotFound() from exc
 
 
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    message: Message  # the user's
-    reply: Message  # its run loaded
-
-
-def exchange_last(*, conversation_id: Any) -> Exchange | None:
-    """The conversation's last message and its reply, as the transcript shows them; None when
-    the last message has no reply (or there is none)."""
-    shown = Message.objects.filter(conversation_id=conversation_id, replaced_at__isnull=True)
-    reply = shown.select_related("run").order_by("-created_at").first()
-    if reply is None or reply.role != Message.Role.ASSISTANT:
-        return None
-    message = shown.filter(role=Message.Role.USER).order_by("-created_at").first()
-    return Exchange(message=message, reply=reply) if message is not None else None
-
-
-def transcript_from(*, conversation_id: Any, message_id: Any) -> list[Message] | None:
-    """The transcript as shown, from the user's message `message_id` on, each message with its
-    run; None when that is not a message of the user shown in the conversation."""
-    shown = Message.objects.filter(
+def _shown_messages(conversation_id: Any) -> QuerySet[Message]:
+    """The conversation's messages as its transcript shows them (what a regeneration or an
+    edit replaced is left out), each with its run."""
+    return Message.objects.filter(
         conversation_id=conversation_id, replaced_at__isnull=True
     ).select_related("run")
-    first = shown.filter(pk=message_id, role=Message.Role.USER).first()
-    if first is None:
-        return None
+
+
+def transcript_from(*, conversation_id: Any, message_id: Any = None) -> list[Message]:
+    """The transcript as shown, from the user's message `message_id` on (by default the last
+    one, which must have a reply: NoReply otherwise); InvalidRequest when `message_id` is not
+    a message of the user shown in the conversation."""
+    shown = _shown_messages(conversation_id)
+    if message_id is None:
+        last = shown.order_by("-created_at").first()
+        first = shown.filter(role=Message.Role.USER).order_by("-created_at").first()
+        if last is None or last.role != Message.Role.ASSISTANT or first is None:
+            raise NoReply()
+    else:
+        first = shown.filter(pk=message_id, role=Message.Role.USER).first()
+        if first is None:
+            raise InvalidRequest("`message` must be one of your messages in this conversation.")
     later = shown.filter(created_at__gt=first.created_at).order_by("created_at")
     return [first, *later]
 
@@ -123,11 +119,7 @@ def transcript_from(*, conversation_id: Any, message_id: Any) -> list[Message] |
 def conversation_markdown(*, conversation: Conversation) -> str:
     """The conversation as its transcript shows it, as a Markdown document to download: each
     message under a heading that says who, when, and whether it was remembered."""
-    messages = (
-        conversation.messages.filter(replaced_at__isnull=True)
-        .select_related("run")
-        .order_by("created_at")
-    )
+    messages = _shown_messages(conversation.pk).order_by("created_at")
     lines = [f"# {conversation.title or 'Conversation'}", ""]
     for message in messages:
         who = "You" if message.role == Message.Role.USER else "Assistant"
@@ -177,9 +169,5 @@ def conversation_to_dict(conversation: Conversation) -> dict[str, Any]:
 def transcript_rows(*, conversation: Conversation) -> list[dict[str, Any]]:
     """The conversation's messages, oldest first, as protocol v1 messages (one query). What a
     regeneration or an edit replaced is left out."""
-    messages = (
-        conversation.messages.filter(replaced_at__isnull=True)
-        .select_related("run")
-        .order_by("created_at")
-    )
+    messages = _shown_messages(conversation.pk).order_by("created_at")
     return [message_to_dict(message, message.run) for message in messages]

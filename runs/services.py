@@ -39,7 +39,6 @@ from runs.exceptions import (
     ChatError,
     EmptyText,
     InvalidRequest,
-    NoReply,
     NotFound,
     RateLimited,
     RunConflict,
@@ -52,7 +51,6 @@ from runs.selectors import (
     conversation_get,
     conversation_queryset,
     conversation_to_dict,
-    exchange_last,
     message_to_dict,
     transcript_from,
     transcript_rows,
@@ -286,12 +284,8 @@ class StartedRun:
     text: str
     client_id: str | None = None
     # What a regeneration takes the place of: the old reply and what came after it (edited,
-    # the old message too).
+    # the old message too). What of it the thread remembers is the run's `rewind_run_ids`.
     replaces: tuple[Message, ...] = ()
-    # The thread that remembers some of that, and the backend runs that wrote it there, oldest
-    # first: before the new run, the thread goes back to where it stood before them.
-    rewind_thread_id: str = ""
-    rewind_run_ids: tuple[str, ...] = ()
 
     def started_frame(self) -> dict[str, Any]:
         return {
@@ -421,10 +415,12 @@ def _thread_runs_of(messages: Iterable[Message], *, thread_id: str) -> tuple[str
     for a run that was itself a regeneration, the runs it was to take out of the thread: had
     it failed before it did, they are still there. (Those began where it did or later, so the
     thread still goes back to the same place.)"""
+    if not thread_id:
+        return ()
     run_ids: list[str] = []
     for message in messages:
         run = message.run
-        if not thread_id or run is None:
+        if run is None:
             continue
         candidates = []
         if run.mode == Run.Mode.THREAD and run.thread_id == thread_id and run.backend_run_id:
@@ -449,14 +445,7 @@ def _chat_regenerate(
     _rate_limit_check(owner=owner)
     with transaction.atomic():
         conversation = _conversation_lock_at_rest(owner=owner, conversation_id=conversation_id)
-        if message_id is None:
-            exchange = exchange_last(conversation_id=conversation.pk)
-            if exchange is None:
-                raise NoReply()
-            message_id = exchange.message.pk
         from_message = transcript_from(conversation_id=conversation.pk, message_id=message_id)
-        if from_message is None:
-            raise InvalidRequest("`message` must be one of your messages in this conversation.")
         user_message, after = from_message[0], from_message[1:]
         # Asked again as it was asked: remembered or not, whatever the switch says now.
         mode = Run.Mode.THREAD if user_message.remembered else Run.Mode.STATELESS
@@ -493,8 +482,6 @@ def _chat_regenerate(
         text=user_message.text,
         client_id=client_id,
         replaces=replaced,
-        rewind_thread_id=conversation.thread_id if rewind_run_ids else "",
-        rewind_run_ids=rewind_run_ids,
     )
 
 
@@ -875,8 +862,8 @@ def _live_run(started: StartedRun) -> LiveRun:
         mode=started.run.mode,
         text_in=started.text,
         thread_id=started.run.thread_id,
-        rewind_thread_id=started.rewind_thread_id,
-        rewind_run_ids=started.rewind_run_ids,
+        rewind_thread_id=started.run.rewind_thread_id,
+        rewind_run_ids=tuple(started.run.rewind_run_ids),
     )
     LIVE_RUNS[live.run_id] = live
     return live

@@ -50,7 +50,6 @@ from runs.selectors import (
     conversation_list,
     conversation_markdown,
     conversation_to_dict,
-    exchange_last,
     transcript_from,
     transcript_rows,
 )
@@ -272,21 +271,19 @@ async def chat_form_edit(
     one): a form with its text; sent, it waits for the new reply and redirects back (PRG). A
     refused text is shown again with the reason."""
     asked = request.POST.get("message") or request.GET.get("message")
-    refusal = "There is no such message of yours to edit."
-    if asked:
-        message_id = _message_id(asked)
-    else:
-        exchange = await sync_to_async(exchange_last)(conversation_id=conversation.id)
-        message_id = exchange.message.pk if exchange is not None else None
-        refusal = NoReply().message
-    from_message = (
-        await sync_to_async(transcript_from)(conversation_id=conversation.id, message_id=message_id)
-        if message_id is not None
-        else None
-    )
-    if from_message is None:
+    refusal = ""
+    try:
+        from_message = await sync_to_async(transcript_from)(
+            conversation_id=conversation.id, message_id=_message_id(asked) if asked else None
+        )
+    except NoReply as exc:
+        refusal = exc.message
+    except InvalidRequest:
+        refusal = "There is no such message of yours to edit."
+    if refusal:
         await sync_to_async(flash.error)(request, refusal)
         return redirect(reverse("conversation", args=[conversation.id]))
+    message_id = from_message[0].pk
     context: dict[str, Any] = {
         "conversation": conversation,
         "message_id": message_id,
@@ -306,11 +303,11 @@ async def chat_form_edit(
     return await sync_to_async(render)(request, "runs/edit.html", context)
 
 
-def _message_id(value: str | None) -> uuid.UUID | None:
+def _message_id(value: str) -> uuid.UUID:
     try:
-        return uuid.UUID(value) if value else None
+        return uuid.UUID(value)
     except ValueError:
-        return None
+        raise InvalidRequest("`message` is not a valid uuid.") from None
 
 
 @require_GET
