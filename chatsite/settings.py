@@ -184,6 +184,16 @@ CHAT_MEMORY_DEFAULT = env.bool("CHAT_MEMORY_DEFAULT", default=True)
 CHAT_REQUIRE_LOGIN = env.bool("CHAT_REQUIRE_LOGIN", default=False)
 # Anyone may create an account at /accounts/signup/ (false: only staff create them, in the admin).
 CHAT_SIGNUP_OPEN = env.bool("CHAT_SIGNUP_OPEN", default=True)
+# E-mail, for the link that resets a forgotten password. Without EMAIL_URL, DEBUG prints each
+# mail on the console (`make run`'s terminal) and, with DEBUG off, resetting by e-mail is off.
+EMAIL_URL = env.str("EMAIL_URL", default="")
+if EMAIL_URL:
+    vars().update(env.email_url_config(EMAIL_URL))
+elif DEBUG:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="chat@localhost")
+CHAT_PASSWORD_RESET = bool(EMAIL_URL) or DEBUG
+PASSWORD_RESET_TIMEOUT = 60 * 60 * 24  # a reset link works for a day, and once
 CHAT_RATE_LIMIT = env.int("CHAT_RATE_LIMIT", default=20)  # messages a minute per user/session
 CHAT_MAX_SOCKETS_PER_SESSION = env.int("CHAT_MAX_SOCKETS_PER_SESSION", default=10)
 CHAT_MAX_SOCKETS = env.int("CHAT_MAX_SOCKETS", default=2000)  # per process, all owners

@@ -1239,6 +1239,11 @@ async def account_delete(*, user_id: int) -> int:
     raise Busy("Conversations were being started while your account was deleted: try again.")
 
 
+def account_email_set(*, user_id: int, email: str) -> None:
+    """The address a forgotten password's reset link goes to ("" for none)."""
+    get_user_model().objects.filter(pk=user_id).update(email=email)
+
+
 def _conversation_rename(*, owner: Owner, conversation_id: Any, title: str) -> Conversation:
     conversation = conversation_get(owner=owner, conversation_id=conversation_id)
     # `updated_at` stays: a new name is not news, so the list keeps its order.

@@ -17,7 +17,6 @@ from django.contrib import messages as flash
 from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import rotate_token
@@ -41,7 +40,7 @@ from runs.exceptions import (
     NotFound,
     TextTooLong,
 )
-from runs.forms import AccountDeleteForm
+from runs.forms import AccountDeleteForm, AccountEmailForm, SignUpForm
 from runs.middleware import session_ended_notice
 from runs.models import Conversation
 from runs.selectors import (
@@ -358,6 +357,13 @@ async def _regenerated(
     return redirect(reverse("conversation", args=[conversation.id]))
 
 
+def _account_sockets_recheck(request: HttpRequest, *, user_id: int) -> None:
+    """The account's password changed: each of its sockets checks its own session, and those
+    the change ended are sent away."""
+    owner = Owner(user_id=user_id, session_key="")
+    session_ended_notice(request, group=services.owner_group(owner), reason="password_changed")
+
+
 class PasswordChangeView(auth_views.PasswordChangeView):
     """Django's password change, which ends the account's other sessions and renews this one
     under a new key. This browser's other tabs are told to come back with the new cookie (the
@@ -374,10 +380,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
             session_ended_notice(
                 self.request, group=services.session_group(old_session_key), reason="renewed"
             )
-        owner = Owner(user_id=self.request.user.pk, session_key="")
-        session_ended_notice(
-            self.request, group=services.owner_group(owner), reason="password_changed"
-        )
+        _account_sockets_recheck(self.request, user_id=self.request.user.pk)
         return response
 
 
@@ -387,7 +390,7 @@ class SignUpView(auth_views.RedirectURLMixin, FormView):
     the visitor's conversations become its own and the browser's other tabs follow. Closed
     (CHAT_SIGNUP_OPEN=false), the page says who creates accounts instead."""
 
-    form_class = UserCreationForm
+    form_class = SignUpForm
     template_name = "registration/signup.html"
     next_page = settings.LOGIN_REDIRECT_URL
 
@@ -398,11 +401,11 @@ class SignUpView(auth_views.RedirectURLMixin, FormView):
             return redirect(self.get_success_url())
         return super().dispatch(request, *args, **kwargs)
 
-    def form_valid(self, form: UserCreationForm) -> HttpResponse:
+    def form_valid(self, form: SignUpForm) -> HttpResponse:
         login(self.request, form.save())
         return redirect(self.get_success_url())
 
-    def form_invalid(self, form: UserCreationForm) -> HttpResponse:
+    def form_invalid(self, form: SignUpForm) -> HttpResponse:
         # The page comes back with the cursor in the first field to fix, not the first field.
         refused = next((name for name in form.fields if name in form.errors), None)
         if refused is not None:
@@ -413,6 +416,67 @@ class SignUpView(auth_views.RedirectURLMixin, FormView):
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         return super().get_context_data(next=self.get_redirect_url(), **kwargs)
+
+
+class PasswordResetClosedMixin:
+    """Without a way to send e-mail (EMAIL_URL, with DEBUG off), the pages say whom to ask."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not settings.CHAT_PASSWORD_RESET:
+            return render(
+                request, "registration/password_reset_form.html", {"closed": True}, status=403
+            )
+        return super().dispatch(request, *args, **kwargs)
+
+
+class PasswordResetView(PasswordResetClosedMixin, auth_views.PasswordResetView):
+    """Django's: a link to set a new password goes to every account with that address, and the
+    page says the same whether there is one or not."""
+
+    email_template_name = "registration/password_reset_email.txt"
+
+
+class PasswordResetConfirmView(PasswordResetClosedMixin, auth_views.PasswordResetConfirmView):
+    """Django's, signing the browser in once the new password is set; the account's sessions
+    elsewhere end, and their sockets are sent away, as after a password change."""
+
+    post_reset_login = True
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)
+        _account_sockets_recheck(self.request, user_id=form.user.pk)
+        return response
+
+
+@login_required
+@sensitive_post_parameters()
+@require_http_methods(["GET", "POST"])
+def account_email(request: HttpRequest) -> HttpResponse:
+    """Sets (or clears) the address a forgotten password's link goes to, once the password is
+    given: whoever controls the address can take over the account."""
+    if not settings.CHAT_PASSWORD_RESET:
+        return render(
+            request, "registration/password_reset_form.html", {"closed": True}, status=403
+        )
+    form = AccountEmailForm(
+        request.user,
+        request.POST if request.method == "POST" else None,
+        initial={"email": request.user.email},
+    )
+    if form.is_bound and form.is_valid():
+        email = form.cleaned_data["email"]
+        services.account_email_set(user_id=request.user.pk, email=email)
+        if email:
+            flash.success(request, f"Your e-mail address is now {email}.")
+        else:
+            flash.success(request, "Your account has no e-mail address now.")
+        return redirect("password_change")
+    return render(
+        request,
+        "registration/account_email.html",
+        {"form": form},
+        status=400 if form.errors else 200,
+    )
 
 
 @login_required

@@ -37,7 +37,9 @@ def site_env(*, database_url: str, backend_url: str, **extra: str) -> dict[str, 
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "CHAT_", "LANGGRAPH_", "REDIS_URL", "DATABASE_URL"))
+        if not key.startswith(
+            ("DJANGO_", "CHAT_", "LANGGRAPH_", "REDIS_URL", "DATABASE_URL", "EMAIL_URL")
+        )
     }
     env.update(
         DJANGO_SETTINGS_MODULE="chatsite.settings",

@@ -64,8 +64,18 @@ def fresh_site(name: str, *, backend_url: str, template_db: Path, workdir: Path)
     """A site (daphne, as `make run` starts it) on its own copy of the migrated database."""
     database = workdir / f"{name}.sqlite3"
     shutil.copyfile(template_db, database)
-    env = site_env(database_url=f"sqlite:///{database}", backend_url=backend_url)
+    env = site_env(
+        database_url=f"sqlite:///{database}",
+        backend_url=backend_url,
+        # django-environ reads an absolute path after four slashes.
+        EMAIL_URL=f"filemail:///{mailbox(workdir, name)}",
+    )
     return LiveSite(name, env=env)
+
+
+def mailbox(workdir: Path, site_name: str) -> Path:
+    """Where the site of that name writes the e-mail it sends, a file a connection."""
+    return workdir / f"mail-{site_name}"
 
 
 class Forwarder:
@@ -979,6 +989,35 @@ def test_an_account_deleted_from_its_password_page_leaves_nothing_behind(new_pag
     expect(page.locator("#conversation-list a")).to_have_count(0)
     sign_in(page, site, "rita", "pw-rita-12345")
     expect(page.get_by_role("alert")).to_contain_text("didn't match")
+
+
+def test_a_forgotten_password_is_set_anew_from_the_link_in_the_email(new_page, site, workdir):
+    site_shell(
+        workdir, "User.objects.create_user('uma', email='uma@example.com', password='pw-uma-1')"
+    )
+    page = new_page()
+    page.goto(f"{site.url}/accounts/login/")
+    page.get_by_role("link", name="Forgot your password?").click()
+    page.get_by_label("E-mail address").fill("uma@example.com")
+    page.get_by_role("button", name="Send the link").click()
+    expect(page.get_by_role("heading", name="Check your e-mail")).to_be_visible()
+
+    mails = "".join(p.read_text() for p in sorted(mailbox(workdir, "fast").glob("*.log")))
+    links = re.findall(rf"{re.escape(site.url)}/accounts/reset/\S+/", mails)
+    assert len(links) == 1 and "To: uma@example.com" in mails, mails
+    page.goto(links[0])
+    expect(page.get_by_text("For the account uma.")).to_be_visible()
+    page.get_by_label("New password", exact=True).fill("umas-new-pw-2026")
+    page.get_by_label("New password confirmation").fill("umas-new-pw-2026")
+    shot(page, "26-password-reset")
+    page.get_by_role("button", name="Set password").click()
+    expect(page.get_by_role("heading", name="Your new password is set")).to_be_visible()
+    page.get_by_role("link", name="Back to your conversations").click()
+    expect(page.get_by_role("link", name="uma")).to_be_visible()
+    chat(page, "signed in again", number=1, seen=1)
+
+    page.goto(links[0])
+    expect(page.get_by_role("alert")).to_contain_text("has been used")
 
 
 def test_download_saves_the_conversation_as_markdown(new_page, site):

@@ -885,6 +885,38 @@ async def test_a_deleted_account_sends_all_its_browsers_away(backend_url, socket
     assert not await Conversation.objects.filter(owner_id=user.pk).aexists()
 
 
+async def test_a_password_reset_by_email_sends_all_the_accounts_browsers_away(
+    backend_url, socket_factory
+):
+    from django.core import mail
+    from django.test import AsyncClient
+
+    from tests.test_views import reset_link_in
+
+    user = await User.objects.acreate_user("ines", email="ines@example.com", password="pw-ines-1")
+    laptop = await socket_factory(await database_sync_to_async(session_cookie_for)(user))
+    phone = await socket_factory(await database_sync_to_async(session_cookie_for)(user))
+    await phone.chat("from my phone", memory=False)
+
+    # Someone who has the mail, in a browser of their own.
+    visitor = AsyncClient()
+    await visitor.post("/accounts/password/reset/", {"email": "ines@example.com"})
+    opened = await visitor.get(reset_link_in(mail.outbox[0]))
+    new = {"new_password1": "ines-new-pw-2026", "new_password2": "ines-new-pw-2026"}
+    done = await visitor.post(opened["Location"], new)
+    assert done["Location"] == "/accounts/reset/done/"
+    for tab in (laptop, phone):
+        told, _ = await tab.until("session.ended")
+        assert told["reason"] == "signed_out"
+        closed = await tab.communicator.receive_output(timeout=5)
+        assert closed == {"type": "websocket.close", "code": 4401}
+    name = settings.SESSION_COOKIE_NAME
+    signed_in = await socket_factory(f"{name}={visitor.cookies[name].value}")
+    again = await signed_in.chat("after the reset", memory=False)
+    assert again["type"] == "run.completed"
+    assert await Conversation.objects.filter(owner_id=user.pk).acount() == 2
+
+
 async def test_a_password_change_sends_the_accounts_other_browsers_away_and_keeps_this_one(
     backend_url, socket_factory
 ):

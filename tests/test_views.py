@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth.models import User
+from django.core import mail
 from django.test import Client
 
 from runs.models import Conversation, Message
@@ -148,6 +151,105 @@ def test_sign_up_stays_open_when_the_chat_requires_sign_in(client, settings):
     fields = {"username": "noa", "password1": "a-long-pw-for-noa", "password2": "a-long-pw-for-noa"}
     assert client.post("/accounts/signup/", fields)["Location"] == "/"
     assert client.get("/").status_code == 200
+
+
+def reset_link_in(message: mail.EmailMessage) -> str:
+    """The path of the reset link in a mail the site sent."""
+    match = re.search(r"http://testserver(/accounts/reset/\S+/)", message.body)
+    assert match, message.body
+    return match.group(1)
+
+
+def test_a_forgotten_password_is_set_anew_through_the_link_mailed_to_the_account(client):
+    fields = {"password1": "a-long-pw-for-olga", "password2": "a-long-pw-for-olga"}
+    form = client.get("/accounts/signup/").content.decode()
+    assert 'name="email"' in form and "if you forget your password" in form
+    client.post("/accounts/signup/", {"username": "olga", "email": "Olga@EXAMPLE.com", **fields})
+    assert User.objects.get(username="olga").email == "Olga@example.com"
+    User.objects.create_user("olga2", email="olga@example.com", password="pw-olga2-12345")
+    User.objects.create_user("piet", email="piet@example.com", password="pw-piet-12345")
+
+    visitor = Client()
+    login_page = visitor.get("/accounts/login/").content.decode()
+    assert (
+        'href="/accounts/password/reset/"' in login_page and "Forgot your password?" in login_page
+    )
+    asked = visitor.post("/accounts/password/reset/", {"email": "OLGA@example.com"})
+    assert asked["Location"] == "/accounts/password/reset/sent/"
+    assert "If an account has that address" in visitor.get(asked["Location"]).content.decode()
+    # One mail an account with that address, in any letter case, each naming its account.
+    assert sorted(m.to[0] for m in mail.outbox) == ["Olga@example.com", "olga@example.com"]
+    olgas = next(m for m in mail.outbox if m.to == ["Olga@example.com"])
+    assert olgas.subject == "Set a new password for your chat account"
+    assert '"olga"' in olgas.body and "a-long-pw-for-olga" not in olgas.body
+    link = reset_link_in(olgas)
+
+    opened = visitor.get(link)
+    assert opened.status_code == 302, "Django moves the token out of the address bar"
+    form = visitor.get(opened["Location"]).content.decode()
+    assert "<strong>olga</strong>" in form and 'autocomplete="new-password"' in form
+    new = {"new_password1": "olgas-new-pw-2026", "new_password2": "olgas-new-pw-2026"}
+    refused = visitor.post(opened["Location"], {**new, "new_password2": "something-else"})
+    assert refused.status_code == 200 and "didn\u2019t match" in refused.content.decode()
+    done = visitor.post(opened["Location"], new)
+    assert done["Location"] == "/accounts/reset/done/"
+    assert "Your new password is set" in visitor.get(done["Location"]).content.decode()
+    assert visitor.get("/").context["user"].username == "olga", "signed in here"
+
+    assert not client.get("/").context["user"].is_authenticated, "signed out elsewhere"
+    assert not client.login(username="olga", password="a-long-pw-for-olga")
+    assert client.login(username="olga", password="olgas-new-pw-2026")
+    assert client.login(username="olga2", password="pw-olga2-12345"), "the other stays as it was"
+    used = Client().get(link, follow=True).content.decode()
+    assert "This link has expired or has been used already." in used
+
+
+def test_a_reset_for_an_address_no_account_has_looks_the_same_and_sends_nothing(client):
+    User.objects.create_user("rosa", password="pw-rosa-12345")  # no address
+    asked = client.post("/accounts/password/reset/", {"email": "nobody@example.com"})
+    assert asked["Location"] == "/accounts/password/reset/sent/"
+    refused = client.post("/accounts/password/reset/", {"email": "not an address"})
+    assert refused.status_code == 200 and "Enter a valid email address." in refused.content.decode()
+    assert mail.outbox == []
+
+
+def test_an_account_gives_its_email_address_with_its_password(client):
+    User.objects.create_user("sami", password="pw-sami-12345")
+    assert client.get("/accounts/email/")["Location"].startswith("/accounts/login/")
+    client.login(username="sami", password="pw-sami-12345")
+    page = client.get("/accounts/password/").content.decode()
+    assert 'href="/accounts/email/"' in page and "Add an e-mail address" in page
+    refused = client.post("/accounts/email/", {"email": "sami@example.com", "password": "no"})
+    assert refused.status_code == 400 and "That is not your password." in refused.content.decode()
+    assert User.objects.get(username="sami").email == ""
+
+    saved = client.post(
+        "/accounts/email/", {"email": "sami@EXAMPLE.com", "password": "pw-sami-12345"}
+    )
+    assert saved["Location"] == "/accounts/password/"
+    page = client.get("/accounts/password/").content.decode()
+    assert "Your e-mail address is now sami@example.com." in page
+    assert "<strong>sami@example.com</strong>" in page
+    assert 'value="sami@example.com"' in client.get("/accounts/email/").content.decode()
+    client.post("/accounts/password/reset/", {"email": "sami@example.com"})
+    assert [m.to for m in mail.outbox] == [["sami@example.com"]]
+
+    client.post("/accounts/email/", {"email": "", "password": "pw-sami-12345"})
+    assert User.objects.get(username="sami").email == ""
+    assert "has no e-mail address now" in client.get("/accounts/password/").content.decode()
+
+
+def test_without_a_way_to_send_email_a_password_is_reset_by_staff(client, settings):
+    settings.CHAT_PASSWORD_RESET = False
+    User.objects.create_user("tove", email="tove@example.com", password="pw-tove-12345")
+    assert "/accounts/password/reset/" not in client.get("/accounts/login/").content.decode()
+    closed = client.post("/accounts/password/reset/", {"email": "tove@example.com"})
+    assert closed.status_code == 403 and "ask its staff" in closed.content.decode()
+    assert mail.outbox == []
+    assert 'name="email"' not in client.get("/accounts/signup/").content.decode()
+    client.login(username="tove", password="pw-tove-12345")
+    assert "/accounts/email/" not in client.get("/accounts/password/").content.decode()
+    assert client.get("/accounts/email/").status_code == 403
 
 
 def test_an_account_is_deleted_with_its_conversations_and_their_memory(client, backend_url):
