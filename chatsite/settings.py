@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "django_ratelimit",
     "runs",
 ]
 
@@ -114,6 +115,23 @@ else:
         "default": {"BACKEND": "runs.layers.LocalChannelLayer", "CONFIG": {"capacity": 1000}}
     }
 
+# The cache holds the counts of the limits on sign-in, sign-up and reset mails (django-ratelimit).
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "chat",
+        }
+    }
+    # Django's own Redis cache, whose increments are atomic, is not on the library's list.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # Without Redis the site is one process (see CHANNEL_LAYERS): its memory is shared by every
+    # request there is.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -186,14 +204,19 @@ CHAT_REQUIRE_LOGIN = env.bool("CHAT_REQUIRE_LOGIN", default=False)
 CHAT_SIGNUP_OPEN = env.bool("CHAT_SIGNUP_OPEN", default=True)
 # E-mail, for the link that resets a forgotten password. Without EMAIL_URL, DEBUG prints each
 # mail on the console (`make run`'s terminal) and, with DEBUG off, resetting by e-mail is off.
-EMAIL_URL = env.str("EMAIL_URL", default="")
-if EMAIL_URL:
-    vars().update(env.email_url_config(EMAIL_URL))
+# Not a setting of its own: the URL holds the SMTP password, which Django's error pages hide
+# only under a name like EMAIL_HOST_PASSWORD.
+_email_url = env.str("EMAIL_URL", default="")
+if _email_url:
+    vars().update(env.email_url_config(_email_url))
 elif DEBUG:
     EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="chat@localhost")
-CHAT_PASSWORD_RESET = bool(EMAIL_URL) or DEBUG
+CHAT_PASSWORD_RESET = bool(_email_url) or DEBUG
 PASSWORD_RESET_TIMEOUT = 60 * 60 * 24  # a reset link works for a day, and once
+# An hour, per client address: failed sign-ins, accounts created, reset links asked for; and
+# reset mails per e-mail address (0: no limit).
+CHAT_ACCOUNT_RATE_LIMIT = env.int("CHAT_ACCOUNT_RATE_LIMIT", default=10)
 CHAT_RATE_LIMIT = env.int("CHAT_RATE_LIMIT", default=20)  # messages a minute per user/session
 CHAT_MAX_SOCKETS_PER_SESSION = env.int("CHAT_MAX_SOCKETS_PER_SESSION", default=10)
 CHAT_MAX_SOCKETS = env.int("CHAT_MAX_SOCKETS", default=2000)  # per process, all owners

@@ -6,6 +6,7 @@ from runs.views import (
     PasswordChangeView,
     PasswordResetConfirmView,
     PasswordResetView,
+    SignInView,
     SignUpView,
     account_delete,
     account_email,
@@ -13,7 +14,7 @@ from runs.views import (
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", SignInView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/signup/", SignUpView.as_view(), name="signup"),
     path("accounts/delete/", account_delete, name="account_delete"),

@@ -29,6 +29,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.generic.edit import FormView
+from django_ratelimit.core import get_usage
 
 from runs import services
 from runs.backend import get_backend
@@ -357,6 +358,45 @@ async def _regenerated(
     return redirect(reverse("conversation", args=[conversation.id]))
 
 
+TOO_MANY = "Too many attempts from here: try again in an hour."
+
+
+def _over_limit(request: HttpRequest, *, group: str, key: str, count: bool) -> bool:
+    """Whether this attempt goes past CHAT_ACCOUNT_RATE_LIMIT attempts an hour at `group` for
+    `key` ("ip", or a value); `count` counts it (without, only the attempts counted before)."""
+    limit = settings.CHAT_ACCOUNT_RATE_LIMIT
+    if limit <= 0:
+        return False
+    usage = get_usage(
+        request,
+        group=group,
+        key=key if key == "ip" else (lambda group, request: key),
+        rate=f"{limit}/h",
+        method="POST",
+        increment=count,
+    )
+    if usage is None:
+        return False
+    return usage["count"] > limit if count else usage["count"] >= limit
+
+
+class SignInView(auth_views.LoginView):
+    """Django's sign-in; an address that failed too often in the last hour is refused before
+    its password is checked."""
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if _over_limit(request, group="sign-in", key="ip", count=False):
+            # An unbound form: a bound one would check the password to list its errors.
+            form = self.form_class(request, initial={"username": request.POST.get("username")})
+            context = self.get_context_data(form=form, limited=TOO_MANY)
+            return self.render_to_response(context, status=429)
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        _over_limit(self.request, group="sign-in", key="ip", count=True)
+        return super().form_invalid(form)
+
+
 def _account_sockets_recheck(request: HttpRequest, *, user_id: int) -> None:
     """The account's password changed: each of its sockets checks its own session, and those
     the change ended are sent away."""
@@ -401,7 +441,15 @@ class SignUpView(auth_views.RedirectURLMixin, FormView):
             return redirect(self.get_success_url())
         return super().dispatch(request, *args, **kwargs)
 
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if _over_limit(request, group="sign-up", key="ip", count=False):
+            form = self.get_form()
+            form.add_error(None, TOO_MANY)
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        return super().post(request, *args, **kwargs)
+
     def form_valid(self, form: SignUpForm) -> HttpResponse:
+        _over_limit(self.request, group="sign-up", key="ip", count=True)
         login(self.request, form.save())
         return redirect(self.get_success_url())
 
@@ -434,6 +482,21 @@ class PasswordResetView(PasswordResetClosedMixin, auth_views.PasswordResetView):
     page says the same whether there is one or not."""
 
     email_template_name = "registration/password_reset_email.txt"
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if _over_limit(request, group="password-reset", key="ip", count=True):
+            form = self.get_form()
+            form.add_error(None, TOO_MANY)
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        # An inbox is not flooded from many addresses either; past the limit the page is the
+        # same, so it still tells nobody whether an account has the address.
+        email = form.cleaned_data["email"].lower()
+        if _over_limit(self.request, group="password-reset-mail", key=email, count=True):
+            return redirect(self.get_success_url())
+        return super().form_valid(form)
 
 
 class PasswordResetConfirmView(PasswordResetClosedMixin, auth_views.PasswordResetConfirmView):

@@ -267,6 +267,15 @@ def fake_backend(settings):
         server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_attempts_counted() -> None:
+    """The limits on sign-in, sign-up and reset mails count in the cache, which would otherwise
+    carry one test's attempts (all from 127.0.0.1) into the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _chat_database_thread_closes(django_db_setup, django_db_blocker):
     """The chat flow's database thread keeps its connection open, and so does the thread where

@@ -598,6 +598,7 @@ def test_check_deploy_is_clean_with_production_settings():
 def test_secrets_never_reach_pages_errors_or_logs(tmp_path, settings, caplog, fake_backend):
     api_key = "lgk-" + secrets.token_hex(16)
     secret_key = secrets.token_urlsafe(50)
+    smtp_password = "smtp-" + secrets.token_hex(16)
     settings.LANGGRAPH_API_KEY = api_key
     settings.SECRET_KEY = secret_key
     caplog.set_level("DEBUG")
@@ -619,6 +620,8 @@ def test_secrets_never_reach_pages_errors_or_logs(tmp_path, settings, caplog, fa
         backend_url="http://127.0.0.1:9",
         LANGGRAPH_API_KEY=api_key,
         DJANGO_SECRET_KEY=secret_key,
+        # A mail server that is not there: a reset mail fails, and says so in the log.
+        EMAIL_URL=f"smtp://chat:{smtp_password}@127.0.0.1:9",
     )
     manage("migrate", "--noinput", env=env)
     with LiveSite("secrets", env=env) as site:
@@ -634,11 +637,24 @@ def test_secrets_never_reach_pages_errors_or_logs(tmp_path, settings, caplog, fa
             ).text
         )
         seen.append(jar.get("/healthz").text)
+        form = {"password1": "a-long-pw-for-eve", "password2": "a-long-pw-for-eve"}
+        csrf = {"csrfmiddlewaretoken": jar.cookies["csrftoken"]}
+        jar.post(
+            "/accounts/signup/", data={"username": "eve", "email": "eve@x.test", **form, **csrf}
+        )
+        jar.cookies.clear()
+        jar.get("/accounts/password/reset/")
+        csrf = {"csrfmiddlewaretoken": jar.cookies["csrftoken"]}
+        asked = jar.post("/accounts/password/reset/", data={"email": "eve@x.test", **csrf})
+        assert asked.status_code == 302, "the page does not tell that the mail failed"
+        seen.append(asked.text)
     seen.append(site.log())
     everything = "\n".join(seen)
     assert "backend" in everything  # the errors were produced and read
+    assert "Failed to send password reset email" in everything
     assert api_key not in everything
     assert secret_key not in everything
+    assert smtp_password not in everything
 
 
 async def test_a_user_signed_out_elsewhere_is_refused_on_the_next_frame(

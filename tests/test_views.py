@@ -252,6 +252,58 @@ def test_without_a_way_to_send_email_a_password_is_reset_by_staff(client, settin
     assert client.get("/accounts/email/").status_code == 403
 
 
+def test_an_address_that_fails_to_sign_in_too_often_waits_an_hour(client, settings):
+    settings.CHAT_ACCOUNT_RATE_LIMIT = 3
+    User.objects.create_user("ulla", password="pw-ulla-12345")
+    right = {"username": "ulla", "password": "pw-ulla-12345"}
+    for _ in range(4):  # signing in does not count
+        assert client.post("/accounts/login/", right)["Location"] == "/"
+        client.post("/accounts/logout/")
+    for _ in range(3):
+        failed = client.post("/accounts/login/", {**right, "password": "guess"})
+        assert failed.status_code == 200 and "didn't match" in failed.content.decode()
+
+    refused = client.post("/accounts/login/", right)
+    assert refused.status_code == 429
+    page = refused.content.decode()
+    assert "Too many attempts from here: try again in an hour." in page
+    assert 'value="ulla"' in page and "didn't match" not in page
+    assert not client.get("/").context["user"].is_authenticated
+    elsewhere = Client(REMOTE_ADDR="192.0.2.7")
+    assert elsewhere.post("/accounts/login/", right)["Location"] == "/"
+
+
+def test_an_address_creates_a_limited_number_of_accounts_an_hour(client, settings):
+    settings.CHAT_ACCOUNT_RATE_LIMIT = 2
+    fields = {"password1": "a-long-pw-for-all", "password2": "a-long-pw-for-all"}
+    refused = client.post("/accounts/signup/", {"username": "v1", **fields, "password2": "x"})
+    assert refused.status_code == 200, "a refused form does not count"
+    for name in ("v1", "v2"):
+        assert client.post("/accounts/signup/", {"username": name, **fields}).status_code == 302
+        client.post("/accounts/logout/")
+    third = client.post("/accounts/signup/", {"username": "v3", **fields})
+    assert third.status_code == 429 and "Too many attempts" in third.content.decode()
+    assert not User.objects.filter(username="v3").exists()
+    other = Client(REMOTE_ADDR="192.0.2.8")
+    assert other.post("/accounts/signup/", {"username": "v3", **fields}).status_code == 302
+
+
+def test_reset_links_are_limited_per_address_and_per_inbox(client, settings):
+    settings.CHAT_ACCOUNT_RATE_LIMIT = 2
+    User.objects.create_user("wim", email="wim@example.com", password="pw-wim-12345")
+    for address in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        asked = Client(REMOTE_ADDR=address).post(
+            "/accounts/password/reset/", {"email": "WIM@example.com"}
+        )
+        assert asked["Location"] == "/accounts/password/reset/sent/", "the same page each time"
+    assert len(mail.outbox) == 2, "an inbox gets two an hour, from wherever they are asked"
+
+    for _ in range(2):
+        client.post("/accounts/password/reset/", {"email": "someone@example.com"})
+    refused = client.post("/accounts/password/reset/", {"email": "other@example.com"})
+    assert refused.status_code == 429 and "Too many attempts" in refused.content.decode()
+
+
 def test_an_account_is_deleted_with_its_conversations_and_their_memory(client, backend_url):
     User.objects.create_user("pat", password="pw-pat-12345")
     User.objects.create_user("quinn", password="pw-quinn-12345")
