@@ -256,7 +256,12 @@ class ConversationAdmin(admin.ModelAdmin):
         ("updated_at", admin.DateFieldListFilter),
         ("created_at", admin.DateFieldListFilter),
     ]
-    search_fields = ["title", "messages__text", "owner__username", "=thread_id"]
+    search_fields = [
+        "title__contains_folded",
+        "messages__text__contains_folded",
+        "owner__username__contains_folded",
+        "=thread_id",
+    ]
     search_help_text = "Searches titles, message text, owners' usernames and thread ids."
     list_select_related = ["owner"]
     ordering = ["-updated_at"]
@@ -450,7 +455,12 @@ class RunAdmin(admin.ModelAdmin):
     ]
     list_display_links = ["run_display"]
     list_filter = ["status", "mode", ("started_at", admin.DateFieldListFilter)]
-    search_fields = ["conversation__title", "error_code", "error_message", "=backend_run_id"]
+    search_fields = [
+        "conversation__title__contains_folded",
+        "error_code",
+        "error_message__contains_folded",
+        "=backend_run_id",
+    ]
     search_help_text = "Searches conversation titles, errors and backend run ids."
     list_select_related = ["conversation"]
     ordering = ["-started_at"]

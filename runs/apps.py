@@ -7,4 +7,5 @@ class RunsConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self) -> None:
-        from runs import signals  # noqa: F401  (connects the sign-in adoption)
+        # Registers `contains_folded`; connects the sign-in adoption.
+        from runs import lookups, signals  # noqa: F401

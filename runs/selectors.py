@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
-from django.db.models.functions import Lower
-from django.db.models.lookups import Contains
 
 from runs.exceptions import InvalidRequest, NoReply, NotFound
 from runs.models import Conversation, Message, Run
@@ -70,12 +68,10 @@ def conversation_list(
     with a `query`, only those whose title or any message contains it (case-insensitive)."""
     conversations = conversation_queryset(owner=owner)
     if query:
-        # Lowered on both sides rather than `icontains`, which folds only ASCII on SQLite.
-        folded = query.lower()
         said = Message.objects.filter(
-            Contains(Lower("text"), folded), conversation=OuterRef("pk"), replaced_at__isnull=True
+            text__contains_folded=query, conversation=OuterRef("pk"), replaced_at__isnull=True
         )
-        conversations = conversations.filter(Q(Contains(Lower("title"), folded)) | Q(Exists(said)))
+        conversations = conversations.filter(Q(title__contains_folded=query) | Q(Exists(said)))
     rows = list(conversations.order_by("-updated_at", "-pk")[offset : offset + limit + 1])
     return ConversationListPage(conversations=rows[:limit], offset=offset, more=len(rows) > limit)
 

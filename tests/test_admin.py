@@ -152,6 +152,9 @@ def test_conversation_search_covers_title_message_text_and_owner(
     assert found("xylophones") == {first.pk}  # text of a later message, not in the title
     assert found("bobthebuilder") == {first.pk}  # the owner
     assert found("You said") == {first.pk, other.pk}  # the assistant's replies, once each
+    chat("Über die Brücke", memory=False, conversation=other)
+    assert found("über") == found("BRÜCKE") == {other.pk}, "every letter's case is folded"
+    assert found("BOBTHE") == {first.pk}
 
 
 def test_runs_list_finds_failed_runs_by_status_and_mode(admin_client, backend_url, settings):
