@@ -18,6 +18,7 @@ class SignUpForm(UserCreationForm):
         fields = ("username", "email")
         labels = {"email": "E-mail address (optional)"}
         help_texts = {"email": EMAIL_HELP}
+        widgets = {"email": forms.EmailInput(attrs={"autocomplete": "email"})}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -164,6 +164,7 @@ def test_a_forgotten_password_is_set_anew_through_the_link_mailed_to_the_account
     fields = {"password1": "a-long-pw-for-olga", "password2": "a-long-pw-for-olga"}
     form = client.get("/accounts/signup/").content.decode()
     assert 'name="email"' in form and "if you forget your password" in form
+    assert 'type="email" name="email" autocomplete="email"' in form
     client.post("/accounts/signup/", {"username": "olga", "email": "Olga@EXAMPLE.com", **fields})
     assert User.objects.get(username="olga").email == "Olga@example.com"
     User.objects.create_user("olga2", email="olga@example.com", password="pw-olga2-12345")
