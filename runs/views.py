@@ -380,6 +380,18 @@ def _over_limit(request: HttpRequest, *, group: str, key: str, count: bool) -> b
     return usage["count"] > limit if count else usage["count"] >= limit
 
 
+def _too_many(view: FormView) -> HttpResponse:
+    """The view's form again, refused: too many attempts from this address."""
+    form = view.get_form()
+    form.add_error(None, TOO_MANY)
+    return view.render_to_response(view.get_context_data(form=form), status=429)
+
+
+def _password_reset_closed(request: HttpRequest) -> HttpResponse:
+    """Without a way to send e-mail (EMAIL_URL, with DEBUG off), the pages say whom to ask."""
+    return render(request, "registration/password_reset_form.html", {"closed": True}, status=403)
+
+
 class SignInView(auth_views.LoginView):
     """Django's sign-in; an address that failed too often in the last hour is refused before
     its password is checked."""
@@ -443,9 +455,7 @@ class SignUpView(auth_views.RedirectURLMixin, FormView):
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if _over_limit(request, group="sign-up", key="ip", count=False):
-            form = self.get_form()
-            form.add_error(None, TOO_MANY)
-            return self.render_to_response(self.get_context_data(form=form), status=429)
+            return _too_many(self)
         return super().post(request, *args, **kwargs)
 
     def form_valid(self, form: SignUpForm) -> HttpResponse:
@@ -467,13 +477,9 @@ class SignUpView(auth_views.RedirectURLMixin, FormView):
 
 
 class PasswordResetClosedMixin:
-    """Without a way to send e-mail (EMAIL_URL, with DEBUG off), the pages say whom to ask."""
-
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not settings.CHAT_PASSWORD_RESET:
-            return render(
-                request, "registration/password_reset_form.html", {"closed": True}, status=403
-            )
+            return _password_reset_closed(request)
         return super().dispatch(request, *args, **kwargs)
 
 
@@ -485,9 +491,7 @@ class PasswordResetView(PasswordResetClosedMixin, auth_views.PasswordResetView):
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if _over_limit(request, group="password-reset", key="ip", count=True):
-            form = self.get_form()
-            form.add_error(None, TOO_MANY)
-            return self.render_to_response(self.get_context_data(form=form), status=429)
+            return _too_many(self)
         return super().post(request, *args, **kwargs)
 
     def form_valid(self, form: Any) -> HttpResponse:
@@ -518,9 +522,7 @@ def account_email(request: HttpRequest) -> HttpResponse:
     """Sets (or clears) the address a forgotten password's link goes to, once the password is
     given: whoever controls the address can take over the account."""
     if not settings.CHAT_PASSWORD_RESET:
-        return render(
-            request, "registration/password_reset_form.html", {"closed": True}, status=403
-        )
+        return _password_reset_closed(request)
     form = AccountEmailForm(
         request.user,
         request.POST if request.method == "POST" else None,
