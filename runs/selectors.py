@@ -71,7 +71,7 @@ def conversation_list(
         said = Message.objects.filter(
             text__contains_folded=query, conversation=OuterRef("pk"), replaced_at__isnull=True
         )
-        conversations = conversations.filter(Q(title__contains_folded=query) | Q(Exists(said)))
+        conversations = conversations.filter(Q(title__contains_folded=query) | Exists(said))
     rows = list(conversations.order_by("-updated_at", "-pk")[offset : offset + limit + 1])
     return ConversationListPage(conversations=rows[:limit], offset=offset, more=len(rows) > limit)
 

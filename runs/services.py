@@ -780,15 +780,14 @@ async def _thread_rewind(live: LiveRun) -> None:
     try:
         for run_id in live.rewind_run_ids:
             fork = await backend.thread_fork_point(thread_id=thread_id, run_id=run_id)
-            if fork is None:
-                continue  # the thread holds nothing of that run
-            if fork.checkpoint_id is not None:
-                await backend.thread_rewind(thread_id=thread_id, checkpoint_id=fork.checkpoint_id)
-                return
-            await backend.thread_delete(thread_id=thread_id)
-            break
+            if fork is not None:
+                break
         else:
+            return  # the thread holds nothing of those runs
+        if fork.checkpoint_id is not None:
+            await backend.thread_rewind(thread_id=thread_id, checkpoint_id=fork.checkpoint_id)
             return
+        await backend.thread_delete(thread_id=thread_id)
     except ThreadNotFound:
         return  # gone already: a remembered run finds it gone, and says so
     await db_call(_conversation_clear_thread)(

@@ -409,11 +409,12 @@ class SignInView(auth_views.LoginView):
         return super().form_invalid(form)
 
 
-def _account_sockets_recheck(request: HttpRequest, *, user_id: int) -> None:
-    """The account's password changed: each of its sockets checks its own session, and those
-    the change ended are sent away."""
+def _account_sockets_tell(request: HttpRequest, *, user_id: int, reason: str) -> None:
+    """Every socket of the account hears `session.ended` once the response leaves: after a
+    password change (`password_changed`) each checks its own session, and those the change
+    ended are sent away."""
     owner = Owner(user_id=user_id, session_key="")
-    session_ended_notice(request, group=services.owner_group(owner), reason="password_changed")
+    session_ended_notice(request, group=services.owner_group(owner), reason=reason)
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
@@ -432,7 +433,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
             session_ended_notice(
                 self.request, group=services.session_group(old_session_key), reason="renewed"
             )
-        _account_sockets_recheck(self.request, user_id=self.request.user.pk)
+        _account_sockets_tell(self.request, user_id=self.request.user.pk, reason="password_changed")
         return response
 
 
@@ -511,7 +512,7 @@ class PasswordResetConfirmView(PasswordResetClosedMixin, auth_views.PasswordRese
 
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
-        _account_sockets_recheck(self.request, user_id=form.user.pk)
+        _account_sockets_tell(self.request, user_id=form.user.pk, reason="password_changed")
         return response
 
 
@@ -563,8 +564,7 @@ async def account_delete(request: HttpRequest) -> HttpResponse:
             form.add_error(None, exc.message)
         else:
             await sync_to_async(logout)(request)
-            owner = Owner(user_id=user.pk, session_key="")
-            session_ended_notice(request, group=services.owner_group(owner), reason="signed_out")
+            _account_sockets_tell(request, user_id=user.pk, reason="signed_out")
             await sync_to_async(flash.success)(
                 request, "Your account was deleted, with its conversations and their memory."
             )
