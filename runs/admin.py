@@ -43,6 +43,7 @@ from runs.backend import ThreadState, get_backend
 from runs.exceptions import BackendError, BackendTimeout, BackendUnavailable, ThreadNotFound
 from runs.models import Conversation, Message, Run
 from runs.rendering import markdown_to_safe_html
+from runs.selectors import shared_path
 
 # Display helpers.
 
@@ -206,6 +207,21 @@ class HasThreadFilter(admin.SimpleListFilter):
         return queryset
 
 
+class SharedFilter(admin.SimpleListFilter):
+    title = "shared"
+    parameter_name = "shared"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "shared by link"), ("no", "not shared")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(share_token="")
+        if self.value() == "no":
+            return queryset.filter(share_token="")
+        return queryset
+
+
 class OwnerKindFilter(admin.SimpleListFilter):
     title = "owner"
     parameter_name = "owner_kind"
@@ -251,6 +267,7 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = [
         "memory",
         HasThreadFilter,
+        SharedFilter,
         RunStatusFilter,
         OwnerKindFilter,
         ("updated_at", admin.DateFieldListFilter),
@@ -265,7 +282,7 @@ class ConversationAdmin(admin.ModelAdmin):
     search_help_text = "Searches titles, message text, owners' usernames and thread ids."
     list_select_related = ["owner"]
     ordering = ["-updated_at"]
-    actions = ["forget_threads", "export_jsonl"]
+    actions = ["forget_threads", "export_jsonl", "stop_sharing"]
     fields = [
         "id",
         "title",
@@ -274,6 +291,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "has_thread_column",
         "thread_id",
         "memory_lost_at",
+        "shared_link",
         "created_at",
         "updated_at",
     ]
@@ -330,6 +348,15 @@ class ConversationAdmin(admin.ModelAdmin):
     @admin.display(description="has thread", boolean=True, ordering="thread_id")
     def has_thread_column(self, obj: Conversation) -> bool:
         return obj.has_thread
+
+    @admin.display(description="shared")
+    def shared_link(self, obj: Conversation) -> str:
+        path = shared_path(conversation=obj)
+        if path is None:
+            return "not shared"
+        return format_html(
+            '<a href="{}">{}</a> (as of {})', path, path, obj.shared_at.strftime("%Y-%m-%d %H:%M")
+        )
 
     # The page of one conversation: the transcript beside what the assistant remembers.
 
@@ -401,6 +428,17 @@ class ConversationAdmin(admin.ModelAdmin):
         ids = list(queryset.values_list("pk", flat=True))
         return jsonl_response(
             services.conversation_export_jsonl(conversation_ids=ids), name="conversations"
+        )
+
+    @admin.action(description="Stop sharing the selected conversations", permissions=["forget"])
+    def stop_sharing(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        ids = list(queryset.values_list("pk", flat=True))
+        count = services.conversations_unshare_by_staff(conversation_ids=ids)
+        self.message_user(
+            request,
+            f"Stopped sharing {count} conversation{'s' if count != 1 else ''}: "
+            "their links no longer work.",
+            messages.SUCCESS,
         )
 
     def _forget(self, request: HttpRequest, conversation_ids: list[Any]) -> None:

@@ -19,11 +19,13 @@ from django.views.decorators.http import require_http_methods
 
 from runs import services
 from runs.exceptions import ChatError, InvalidRequest, NotFound
+from runs.models import Conversation
 from runs.selectors import (
     Owner,
     conversation_get,
     conversation_list,
     conversation_to_dict,
+    shared_path,
     transcript_rows,
 )
 from runs.wire import json_object_parse
@@ -158,10 +160,24 @@ async def conversations(request: HttpRequest, owner: Owner) -> JsonResponse:
     )
 
 
-def _conversation_detail(*, owner: Owner, conversation_id: uuid.UUID) -> dict[str, Any]:
+def share_to_dict(request: HttpRequest, conversation: Conversation) -> dict[str, Any] | None:
+    """Where and as of when the conversation is shared; None while it is not."""
+    path = shared_path(conversation=conversation)
+    if path is None:
+        return None
+    return {
+        "url": request.build_absolute_uri(path),
+        "shared_at": conversation.shared_at.isoformat(),
+    }
+
+
+def _conversation_detail(
+    request: HttpRequest, *, owner: Owner, conversation_id: uuid.UUID
+) -> dict[str, Any]:
     conversation = conversation_get(owner=owner, conversation_id=conversation_id)
     return {
         **conversation_to_dict(conversation),
+        "share": share_to_dict(request, conversation),
         "messages": transcript_rows(conversation=conversation),
     }
 
@@ -183,7 +199,9 @@ async def conversation(
     if request.method == "DELETE":
         await services.conversation_delete(owner=owner, conversation_id=conversation_id)
         return JsonResponse({"deleted": str(conversation_id)})
-    detail = await sync_to_async(_conversation_detail)(owner=owner, conversation_id=conversation_id)
+    detail = await sync_to_async(_conversation_detail)(
+        request, owner=owner, conversation_id=conversation_id
+    )
     return JsonResponse(detail)
 
 
@@ -206,6 +224,22 @@ async def conversation_forget(
 ) -> JsonResponse:
     updated = await services.conversation_forget(owner=owner, conversation_id=conversation_id)
     return JsonResponse(conversation_to_dict(updated))
+
+
+@require_http_methods(["POST", "DELETE"])
+@api_view
+async def conversation_share(
+    request: HttpRequest, owner: Owner, conversation_id: uuid.UUID
+) -> JsonResponse:
+    if request.method == "DELETE":
+        conversation = await sync_to_async(services.conversation_unshare)(
+            owner=owner, conversation_id=conversation_id
+        )
+    else:
+        conversation = await sync_to_async(services.conversation_share)(
+            owner=owner, conversation_id=conversation_id
+        )
+    return JsonResponse({"share": share_to_dict(request, conversation)})
 
 
 async def not_found(request: HttpRequest, rest: str = "") -> JsonResponse:

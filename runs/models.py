@@ -36,12 +36,23 @@ class Conversation(models.Model):
     active_run = models.ForeignKey(
         "Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # While shared, anyone with the link /s/<share_token>/ may read the transcript as it stood
+    # at shared_at: a copy that later messages join only when the owner shares it again.
+    share_token = models.CharField(max_length=64, blank=True, editable=False)
+    shared_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
     class Meta:
         ordering = ["-updated_at"]
         indexes = [models.Index(fields=["owner", "-updated_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["share_token"],
+                condition=~Q(share_token=""),
+                name="conversation_share_token_unique",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.id}"
@@ -49,6 +60,10 @@ class Conversation(models.Model):
     @property
     def has_thread(self) -> bool:
         return bool(self.thread_id)
+
+    @property
+    def is_shared(self) -> bool:
+        return bool(self.share_token)
 
 
 class Run(models.Model):

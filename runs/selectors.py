@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.urls import reverse
 
 from runs.exceptions import InvalidRequest, NoReply, NotFound
 from runs.models import Conversation, Message, Run
@@ -84,6 +85,36 @@ def conversation_get(*, owner: Owner, conversation_id: Any) -> Conversation:
         )
     except (Conversation.DoesNotExist, ValueError, TypeError) as exc:
         raise NotFound() from exc
+
+
+def shared_path(*, conversation: Conversation) -> str | None:
+    """The path of the conversation's share link; None while it is not shared."""
+    if not conversation.is_shared:
+        return None
+    return reverse("shared", args=[conversation.share_token])
+
+
+def shared_conversation_get(*, token: str) -> Conversation:
+    """The conversation shared under `token`; NotFound once it is no longer shared."""
+    if not token:
+        raise NotFound()
+    try:
+        return Conversation.objects.get(share_token=token)
+    except Conversation.DoesNotExist as exc:
+        raise NotFound() from exc
+
+
+def shared_transcript_rows(*, conversation: Conversation) -> list[dict[str, Any]]:
+    """The transcript as it was shown when the conversation was shared: what came later is
+    left out, and what a regeneration or an edit has replaced since is still in."""
+    shared_at = conversation.shared_at
+    messages = (
+        Message.objects.filter(conversation_id=conversation.pk, created_at__lte=shared_at)
+        .filter(Q(replaced_at__isnull=True) | Q(replaced_at__gt=shared_at))
+        .select_related("run")
+        .order_by("created_at")
+    )
+    return [message_to_dict(message, message.run) for message in messages]
 
 
 def _shown_messages(conversation_id: Any) -> QuerySet[Message]:

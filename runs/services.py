@@ -1264,6 +1264,41 @@ async def conversation_rename(*, owner: Owner, conversation_id: Any, title: Any)
     return conversation
 
 
+# Sharing.
+
+
+def conversation_share(*, owner: Owner, conversation_id: Any) -> Conversation:
+    """Shares the conversation as it stands now: anyone with its link (`/s/<token>/`) can read
+    it, without the owner's name. Shared again, the same link shows it as it stands then.
+    Refused while a reply is being written, so a shared question never lacks its answer."""
+    conversation = _conversation_at_rest(
+        owner=owner, conversation_id=conversation_id, doing="sharing it"
+    )
+    token = conversation.share_token or secrets.token_urlsafe(24)
+    shared_at = timezone.now()
+    # `updated_at` stays, as for a new name: the list keeps its order.
+    Conversation.objects.filter(pk=conversation.pk).update(share_token=token, shared_at=shared_at)
+    conversation.share_token, conversation.shared_at = token, shared_at
+    return conversation
+
+
+def conversation_unshare(*, owner: Owner, conversation_id: Any) -> Conversation:
+    """Stops sharing: the link stops working at once, and a new share makes a new link."""
+    conversation = conversation_get(owner=owner, conversation_id=conversation_id)
+    Conversation.objects.filter(pk=conversation.pk).update(share_token="", shared_at=None)
+    conversation.share_token, conversation.shared_at = "", None
+    return conversation
+
+
+def conversations_unshare_by_staff(*, conversation_ids: Iterable[Any]) -> int:
+    """Staff take shared conversations off their links (the admin console's action)."""
+    return (
+        Conversation.objects.filter(pk__in=list(conversation_ids))
+        .exclude(share_token="")
+        .update(share_token="", shared_at=None)
+    )
+
+
 # Snapshots.
 
 
@@ -1389,6 +1424,8 @@ def _export_line(conversation: Conversation) -> bytes:
         "memory": conversation.memory,
         "has_thread": conversation.has_thread,
         "thread_id": conversation.thread_id or None,
+        # Shared or not, and since when; the link's token opens it, so it stays out too.
+        "shared_at": conversation.shared_at.isoformat() if conversation.shared_at else None,
         "created_at": conversation.created_at.isoformat(),
         "updated_at": conversation.updated_at.isoformat(),
         "messages": [

@@ -32,6 +32,12 @@ urlpatterns = [
         views.conversation_download,
         name="conversation_download",
     ),
+    path(
+        "c/<uuid:conversation_id>/share/",
+        views.conversation_share_form,
+        name="conversation_share",
+    ),
+    path("s/<slug:token>/", views.shared_conversation, name="shared"),
     path("healthz", views.healthz, name="healthz"),
     path("api/chat/", api.chat, name="api_chat"),
     path("api/conversations/", api.conversations, name="api_conversations"),
@@ -50,6 +56,11 @@ urlpatterns = [
         "api/conversations/<uuid:conversation_id>/regenerate/",
         api.conversation_regenerate,
         name="api_conversation_regenerate",
+    ),
+    path(
+        "api/conversations/<uuid:conversation_id>/share/",
+        api.conversation_share,
+        name="api_conversation_share",
     ),
     path("api/<path:rest>", api.not_found),
 ]

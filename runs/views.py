@@ -50,6 +50,9 @@ from runs.selectors import (
     conversation_list,
     conversation_markdown,
     conversation_to_dict,
+    shared_conversation_get,
+    shared_path,
+    shared_transcript_rows,
     transcript_from,
     transcript_rows,
 )
@@ -320,6 +323,88 @@ async def conversation_download(
     response = HttpResponse(document, content_type="text/markdown; charset=utf-8")
     name = f"{slugify(conversation.title)[:60] or 'conversation'}.md"
     response["Content-Disposition"] = content_disposition_header(True, name)
+    return response
+
+
+SHARE_DONE = {
+    "share": "Shared: anyone with the link can read this conversation as it is now.",
+    "update": "Updated: the link now shows this conversation as it is now.",
+    "stop": "No longer shared: the link does not work any more.",
+}
+
+
+@require_http_methods(["GET", "POST"])
+@conversation_page
+async def conversation_share_form(
+    request: HttpRequest, owner: Owner, conversation: Conversation
+) -> HttpResponse:
+    """Share: a read-only link to the conversation as it stands (POST `action`: `share`,
+    `update` or `stop`); the chat page's Share button comes here, with or without JavaScript."""
+    if request.method == "POST":
+        action = request.POST.get("action")
+        if action not in SHARE_DONE:
+            return HttpResponse(
+                "Unknown action: it is share, update or stop.",
+                status=400,
+                content_type="text/plain",
+            )
+        try:
+            if action == "stop":
+                await sync_to_async(services.conversation_unshare)(
+                    owner=owner, conversation_id=conversation.id
+                )
+            else:
+                await sync_to_async(services.conversation_share)(
+                    owner=owner, conversation_id=conversation.id
+                )
+        except NotFound:  # deleted meanwhile
+            return await _not_found(request)
+        except ChatError as exc:
+            await sync_to_async(flash.error)(request, exc.message)
+        else:
+            await sync_to_async(flash.success)(request, SHARE_DONE[action])
+        return redirect(reverse("conversation_share", args=[conversation.id]))
+    path = shared_path(conversation=conversation)
+    context = {
+        "conversation": conversation,
+        "share_url": request.build_absolute_uri(path) if path else None,
+    }
+    return await sync_to_async(render)(request, "runs/share.html", context)
+
+
+def _is_owner(request: HttpRequest, conversation: Conversation) -> bool:
+    """Whether the request comes from the conversation's owner, without giving a visitor a
+    session just to ask."""
+    if request.user.is_authenticated:
+        return conversation.owner_id == request.user.pk
+    visitor_key = request.session.get(services.VISITOR_SESSION_KEY)
+    return (
+        bool(visitor_key)
+        and conversation.owner_id is None
+        and (conversation.session_key == visitor_key)
+    )
+
+
+@require_GET
+@never_cache
+def shared_conversation(request: HttpRequest, token: str) -> HttpResponse:
+    """A shared conversation, read-only, for anyone with the link (signed in when the site
+    requires it): as it stood when shared, without its owner's name."""
+    if refusal := login_required_if_configured(request):
+        return refusal
+    try:
+        conversation = shared_conversation_get(token=token)
+    except NotFound:
+        response = render(request, "runs/shared_gone.html", status=404)
+    else:
+        context = {
+            "conversation": conversation,
+            "transcript": shared_transcript_rows(conversation=conversation),
+            "yours": _is_owner(request, conversation),
+        }
+        response = render(request, "runs/shared.html", context)
+    # Links to it may get passed around; search engines should not list what was shared.
+    response["X-Robots-Tag"] = "noindex, nofollow"
     return response
 
 

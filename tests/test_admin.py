@@ -15,6 +15,7 @@ import orjson
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -420,6 +421,36 @@ def test_forget_action_deletes_the_backend_threads_and_keeps_the_transcripts(
     assert "I can see 1 of your messages" in thread_state(again.thread_id).messages[-1].text
 
 
+def test_staff_find_shared_conversations_and_stop_sharing_them(admin_client, backend_url):
+    shared = chat("shared with the world", memory=False)
+    kept = chat("also shared", memory=False)
+    private = chat("private", memory=False)
+    for conversation in (shared, kept):
+        services.conversation_share(
+            owner=Owner(user_id=None, session_key=conversation.session_key),
+            conversation_id=conversation.pk,
+        )
+    link = f"/s/{Conversation.objects.get(pk=shared.pk).share_token}/"
+    assert {c.pk for c in rows(admin_client.get(CHANGELIST, {"shared": "yes"}))} == {
+        shared.pk,
+        kept.pk,
+    }
+    assert [c.pk for c in rows(admin_client.get(CHANGELIST, {"shared": "no"}))] == [private.pk]
+    assert f'href="{link}"' in admin_client.get(change_url(shared)).content.decode()
+    assert "not shared" in admin_client.get(change_url(private)).content.decode()
+
+    response = admin_client.post(
+        CHANGELIST,
+        {"action": "stop_sharing", "_selected_action": [str(shared.pk), str(private.pk)]},
+        follow=True,
+    )
+    assert "Stopped sharing 1 conversation: their links no longer work." in (
+        response.content.decode()
+    )
+    assert Client().get(link).status_code == 404
+    assert Conversation.objects.get(pk=kept.pk).is_shared, "only the selected ones"
+
+
 def test_forget_button_on_the_conversation_page(admin_client, backend_url):
     conversation = chat("forget this one", memory=True)
     thread_id = conversation.thread_id
@@ -551,6 +582,7 @@ def test_staff_without_change_permission_can_read_and_export_but_not_forget(
     changelist = client.get(CHANGELIST)
     assert "export_jsonl" in changelist.content.decode()
     assert "forget_threads" not in changelist.content.decode()
+    assert "stop_sharing" not in changelist.content.decode()
 
     forget = reverse("admin:runs_conversation_forget", args=[conversation.pk])
     assert client.post(forget).status_code == 403

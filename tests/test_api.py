@@ -647,3 +647,20 @@ def test_csrf_is_enforced_on_every_unsafe_session_request(backend_url):
     assert Conversation.objects.filter(pk=conv, memory=True).exists()
     ok = client.delete(f"/api/conversations/{conv}/", HTTP_X_CSRFTOKEN=token)
     assert ok.status_code == 200
+
+
+def test_api_shares_a_conversation_and_stops(client, backend_url):
+    conv = say(client, "share me", memory=False)["conversation"]
+    assert client.get(f"/api/conversations/{conv}/").json()["share"] is None
+    shared = post(client, f"/api/conversations/{conv}/share/")
+    assert shared.status_code == 200
+    share = shared.json()["share"]
+    assert share["url"].startswith("http://testserver/s/") and share["shared_at"]
+    assert client.get(f"/api/conversations/{conv}/").json()["share"] == share
+    page = Client().get(share["url"].removeprefix("http://testserver"))
+    assert page.status_code == 200 and "You said: share me" in page.content.decode()
+    assert post(Client(), f"/api/conversations/{conv}/share/").status_code == 404
+
+    stopped = client.delete(f"/api/conversations/{conv}/share/")
+    assert stopped.status_code == 200 and stopped.json() == {"share": None}
+    assert Client().get(share["url"].removeprefix("http://testserver")).status_code == 404

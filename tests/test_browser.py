@@ -1039,6 +1039,42 @@ def test_download_saves_the_conversation_as_markdown(new_page, site):
     expect(download).to_be_hidden()
 
 
+def test_a_shared_link_opens_a_read_only_copy_for_anyone(new_context, site):
+    owner = new_context(permissions=["clipboard-read", "clipboard-write"]).new_page()
+    owner.goto(site.url)
+    expect(owner.get_by_role("link", name="Share…")).to_be_hidden(), "nothing to share yet"
+    chat(owner, "a question worth sharing", number=1, seen=1)
+    conversation_url = owner.url
+    owner.get_by_role("link", name="Share…").click()
+    owner.get_by_role("button", name="Create link").click()
+    expect(owner.get_by_role("status")).to_contain_text("anyone with the link can read")
+    owner.get_by_role("button", name="Copy link").click()
+    expect(owner.get_by_role("button", name="Copied")).to_be_visible()
+    link = owner.evaluate("navigator.clipboard.readText()")
+    assert link == owner.get_by_label("Link").input_value() and "/s/" in link
+    shot(owner, "27-share")
+
+    reader = new_context().new_page()
+    reader.goto(link)
+    expect(reader.get_by_role("heading", name="a question worth sharing")).to_be_visible()
+    expect(reader.get_by_role("list", name="Messages")).to_contain_text(
+        echo("a question worth sharing", 1)
+    )
+    expect(reader.get_by_role("textbox")).to_have_count(0)
+    shot(reader, "28-shared-copy")
+
+    owner.goto(conversation_url)
+    chat(owner, "not for the readers", number=2, seen=2)
+    reader.reload()
+    expect(reader.get_by_role("list", name="Messages")).not_to_contain_text("not for the readers")
+
+    owner.get_by_role("link", name="Share…").click()
+    owner.get_by_role("button", name="Stop sharing").click()
+    expect(owner.get_by_role("button", name="Create link")).to_be_visible()
+    reader.reload()
+    expect(reader.get_by_role("heading", name="This link does not work")).to_be_visible()
+
+
 def test_a_password_change_keeps_this_browser_signed_in_and_signs_out_the_others(
     new_context, site, workdir
 ):

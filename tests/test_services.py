@@ -247,6 +247,30 @@ async def test_a_strangers_conversation_is_not_found(closed_port_url):
     assert not await Message.objects.filter(text="b").aexists()
 
 
+async def test_sharing_waits_for_the_reply_and_keeps_one_link_until_it_stops(closed_port_url):
+    started = await services.chat_start(owner=VISITOR, conversation_id=None, text="a", memory=False)
+    conversation_id = started.conversation.id
+    share = db_call(services.conversation_share)
+    with pytest.raises(Busy, match="before sharing it"):
+        await share(owner=VISITOR, conversation_id=conversation_id)
+    await Run.objects.filter(pk=started.run.pk).aupdate(status=Run.Status.COMPLETED)
+    stranger = Owner(user_id=None, session_key="visitor-two")
+    with pytest.raises(NotFound):
+        await share(owner=stranger, conversation_id=conversation_id)
+
+    first = await share(owner=VISITOR, conversation_id=conversation_id)
+    again = await share(owner=VISITOR, conversation_id=conversation_id)
+    assert first.share_token and again.share_token == first.share_token, "the same link"
+    assert again.shared_at > first.shared_at, "shows the conversation as it is now"
+    row = await Conversation.objects.aget(pk=conversation_id)
+    assert row.updated_at == started.conversation.updated_at, "the list keeps its order"
+
+    await db_call(services.conversation_unshare)(owner=VISITOR, conversation_id=conversation_id)
+    assert not await Conversation.objects.filter(share_token=first.share_token).aexists()
+    renewed = await share(owner=VISITOR, conversation_id=conversation_id)
+    assert renewed.share_token != first.share_token, "a link stopped never works again"
+
+
 async def test_database_writes_per_streamed_reply_are_constant_not_per_token(
     settings, backend_url, slow_backend_url, socket_factory
 ):

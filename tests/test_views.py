@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core import mail
 from django.test import Client
+from django.utils import timezone
 
 from runs.models import Conversation, Message
 from runs.services import VISITOR_SESSION_KEY
@@ -371,3 +372,76 @@ def test_a_conversation_downloads_as_markdown_as_its_transcript_shows_it(client,
     assert again["text"] in document and old["id"] != again["id"]
     assert document.count("You said: **two**") == 1, "the reply it replaced is left out"
     assert Client().get(f"/c/{conv}/download/").status_code == 404, "a stranger's"
+
+
+def _share_link(client: Client, conversation: str, action: str) -> str:
+    answer = client.post(f"/c/{conversation}/share/", {"action": action})
+    assert answer["Location"] == f"/c/{conversation}/share/"
+    page = client.get(answer["Location"]).content.decode()
+    link = re.search(r'id="share-url" value="http://testserver(/s/[^"]+/)"', page)
+    assert link, page
+    return link.group(1)
+
+
+def test_a_shared_link_shows_the_conversation_as_it_was_when_shared(client, backend_url):
+    User.objects.create_user("hana", password="pw-hana-12345")
+    client.login(username="hana", password="pw-hana-12345")
+    conv = say(client, "first question", memory=True)["conversation"]
+    say(client, "second question", memory=True, conversation=conv)
+    assert f'href="/c/{conv}/share/"' in client.get(f"/c/{conv}/").content.decode()
+    assert "Create link" in client.get(f"/c/{conv}/share/").content.decode()
+    stranger = Client()
+    assert stranger.get(f"/c/{conv}/share/").status_code == 404, "only its owner shares it"
+    assert stranger.post(f"/c/{conv}/share/", {"action": "share"}).status_code == 404
+
+    link = _share_link(client, conv, "share")
+    # After sharing: the second question edited (its old reply replaced), then a third.
+    second = Message.objects.get(text="second question")
+    edited = post(
+        client,
+        f"/api/conversations/{conv}/regenerate/",
+        {"message": str(second.pk), "text": "second, edited"},
+    )
+    assert edited.status_code == 200
+    say(client, "third question", memory=True, conversation=conv)
+
+    reader = Client()
+    shared = reader.get(link)
+    assert shared.status_code == 200
+    assert shared["X-Robots-Tag"] == "noindex, nofollow"
+    page = shared.content.decode()
+    assert "first question" in page and "You said: second question" in page
+    assert "second, edited" not in page and "third question" not in page
+    assert "hana" not in page, "not the owner's name"
+    assert "Start a chat of your own" in page and 'name="text"' not in page, "read only"
+    assert "It is yours" in client.get(link).content.decode()
+    assert not reader.cookies.get("sessionid"), "reading it gives a visitor no session"
+
+    assert _share_link(client, conv, "update") == link, "the same link, as it is now"
+    page = stranger.get(link).content.decode()
+    assert "second, edited" in page and "third question" in page
+    assert "You said: second question" not in page, "what the edit replaced has left"
+
+    stopped = client.post(f"/c/{conv}/share/", {"action": "stop"})
+    assert "No longer shared" in client.get(stopped["Location"]).content.decode()
+    gone = stranger.get(link)
+    assert gone.status_code == 404 and "This link does not work" in gone.content.decode()
+    assert _share_link(client, conv, "share") != link
+
+
+def test_sharing_is_refused_while_a_reply_is_written_and_follows_sign_in_rules(
+    client, settings, backend_url
+):
+    conv = say(client, "hello", memory=False)["conversation"]
+    Conversation.objects.filter(pk=conv).update(share_token="tok-en_1", shared_at=timezone.now())
+    busy = Message.objects.get(text="hello").run
+    busy.status = "streaming"
+    busy.save()
+    Conversation.objects.filter(pk=conv).update(active_run=busy)
+    refused = client.post(f"/c/{conv}/share/", {"action": "update"}, follow=True)
+    assert "Wait for the reply to finish (or stop it) before sharing it." in (
+        refused.content.decode()
+    )
+    assert client.post(f"/c/{conv}/share/", {"action": "nonsense"}).status_code == 400
+    settings.CHAT_REQUIRE_LOGIN = True
+    assert Client().get("/s/tok-en_1/")["Location"].startswith("/accounts/login/")

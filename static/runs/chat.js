@@ -21,6 +21,7 @@ const forgetButton = $("forget");
 const forgetDialog = $("forget-dialog");
 const deleteButton = $("delete");
 const downloadLink = $("download");
+const shareLink = $("share");
 const deleteDialog = $("delete-dialog");
 const deleteForm = $("delete-form");
 const renameButton = $("rename");
@@ -368,6 +369,8 @@ function setConversation(conversation) {
   renameButton.disabled = false;
   downloadLink.href = `/c/${conversation.id}/download/`;
   downloadLink.hidden = false;
+  shareLink.href = `/c/${conversation.id}/share/`;
+  shareLink.hidden = false;
   const path = `/c/${conversation.id}/`;
   if (location.pathname !== path) history.replaceState(null, "", path);
   const link = listConversation(conversation.id, conversation.title);
@@ -527,6 +530,8 @@ function dropConversation(id) {
   renameButton.disabled = true;
   downloadLink.hidden = true;
   downloadLink.removeAttribute("href");
+  shareLink.hidden = true;
+  shareLink.removeAttribute("href");
   if (renameDialog.open) renameDialog.close();
   transcript.replaceChildren();
   if (emptyState) transcript.append(emptyState.cloneNode(true));
