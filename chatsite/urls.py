@@ -10,6 +10,7 @@ from runs.views import (
     SignUpView,
     account_delete,
     account_email,
+    account_email_confirm,
 )
 
 urlpatterns = [
@@ -19,6 +20,11 @@ urlpatterns = [
     path("accounts/signup/", SignUpView.as_view(), name="signup"),
     path("accounts/delete/", account_delete, name="account_delete"),
     path("accounts/email/", account_email, name="account_email"),
+    path(
+        "accounts/email/confirm/<str:token>/",
+        account_email_confirm,
+        name="account_email_confirm",
+    ),
     path("accounts/password/", PasswordChangeView.as_view(), name="password_change"),
     path(
         "accounts/password/done/",

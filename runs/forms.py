@@ -7,7 +7,10 @@ from django.conf import settings
 from django.contrib.auth.base_user import BaseUserManager
 from django.contrib.auth.forms import UserCreationForm
 
-EMAIL_HELP = "Only to send you a link if you forget your password; never shown to anyone."
+EMAIL_HELP = (
+    "Only to send you a link if you forget your password; never shown to anyone. It is yours "
+    "once you open the link we send to it."
+)
 
 
 class SignUpForm(UserCreationForm):
@@ -27,6 +30,14 @@ class SignUpForm(UserCreationForm):
 
     def clean_email(self) -> str:
         return BaseUserManager.normalize_email(self.cleaned_data["email"])
+
+    def save(self, commit: bool = True) -> Any:
+        """The account, without the address: it becomes the account's once confirmed."""
+        user = super().save(commit=False)
+        user.email = ""
+        if commit:
+            user.save()
+        return user
 
 
 class PasswordConfirmedForm(forms.Form):

@@ -27,8 +27,11 @@ import orjson
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core import signing
+from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Prefetch
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from runs import sql
@@ -1241,6 +1244,55 @@ async def account_delete(*, user_id: int) -> int:
 def account_email_set(*, user_id: int, email: str) -> None:
     """The address a forgotten password's reset link goes to ("" for none)."""
     get_user_model().objects.filter(pk=user_id).update(email=email)
+
+
+EMAIL_CONFIRM_SALT = "runs.account-email-confirm"
+EMAIL_LINK_REFUSED = (
+    "This link does not work: it is more than a day old, it was used already, or the "
+    "account's address changed since it was sent."
+)
+
+
+def account_email_token(*, user_id: int, email: str) -> str:
+    """What a confirmation link carries: signed with the site's key, it proves that whoever
+    opens it reads `email`. It works while the account's address is the one it had when the
+    link was made, so a link works once, and an older one not after a newer one."""
+    current = get_user_model().objects.values_list("email", flat=True).get(pk=user_id)
+    claim = {"user": user_id, "email": email, "was": current}
+    return signing.dumps(claim, salt=EMAIL_CONFIRM_SALT, compress=True)
+
+
+def account_email_confirm(*, token: str) -> Any:
+    """Makes the address a link was sent to its account's; InvalidRequest when the link is
+    forged, more than PASSWORD_RESET_TIMEOUT old, used, or overtaken."""
+    try:
+        claim = signing.loads(
+            token, salt=EMAIL_CONFIRM_SALT, max_age=settings.PASSWORD_RESET_TIMEOUT
+        )
+    except signing.BadSignature:  # expired links too
+        raise InvalidRequest(EMAIL_LINK_REFUSED) from None
+    if not isinstance(claim, dict) or not isinstance(claim.get("email"), str):
+        raise InvalidRequest(EMAIL_LINK_REFUSED)
+    with transaction.atomic():
+        user = get_user_model().objects.select_for_update().filter(pk=claim.get("user")).first()
+        if user is None or user.email != claim.get("was"):
+            raise InvalidRequest(EMAIL_LINK_REFUSED)
+        user.email = claim["email"]
+        user.save(update_fields=["email"])
+    return user
+
+
+def account_email_confirmation_send(*, username: str, email: str, link: str) -> bool:
+    """Mails the link that confirms `email`; False, and a line in the log, when it fails."""
+    context = {"username": username, "link": link}
+    subject = render_to_string("registration/account_email_subject.txt").strip()
+    body = render_to_string("registration/account_email_message.txt", context)
+    try:
+        send_mail(subject, body, None, [email])
+    except Exception:  # any mail server's failure: the page says so, the log says why
+        logger.exception("Failed to send the link confirming an e-mail address to %s", email)
+        return False
+    return True
 
 
 def _conversation_rename(*, owner: Owner, conversation_id: Any, title: str) -> Conversation:

@@ -546,7 +546,10 @@ class SignUpView(auth_views.RedirectURLMixin, FormView):
 
     def form_valid(self, form: SignUpForm) -> HttpResponse:
         _over_limit(self.request, group="sign-up", key="ip", count=True)
-        login(self.request, form.save())
+        user = form.save()
+        login(self.request, user)
+        if email := form.cleaned_data.get("email"):
+            _email_confirmation_send(self.request, user=user, email=email)
         return redirect(self.get_success_url())
 
     def form_invalid(self, form: SignUpForm) -> HttpResponse:
@@ -601,6 +604,40 @@ class PasswordResetConfirmView(PasswordResetClosedMixin, auth_views.PasswordRese
         return response
 
 
+def _email_confirmation_send(request: HttpRequest, *, user: Any, email: str) -> None:
+    """Mails `email` the link that makes it the account's, and says on the next page what
+    happened: sent, refused (too many links to that inbox this hour), or failed."""
+    if _over_limit(request, group="account-email-mail", key=email.lower(), count=True):
+        flash.error(request, f"Too many links went to {email} in the last hour: try again later.")
+        return
+    token = services.account_email_token(user_id=user.pk, email=email)
+    link = request.build_absolute_uri(reverse("account_email_confirm", args=[token]))
+    if services.account_email_confirmation_send(
+        username=user.get_username(), email=email, link=link
+    ):
+        flash.success(
+            request,
+            f"We sent a link to {email}: open it (within a day) to make it your address.",
+        )
+    else:
+        flash.error(request, f"The link to {email} could not be sent: try again later.")
+
+
+@require_GET
+@never_cache
+def account_email_confirm(request: HttpRequest, token: str) -> HttpResponse:
+    """The link mailed to a new address: opened, the address is the account's."""
+    if not settings.CHAT_PASSWORD_RESET:
+        return _password_reset_closed(request)
+    try:
+        user = services.account_email_confirm(token=token)
+    except InvalidRequest as exc:
+        context = {"refused": exc.message}
+        return render(request, "registration/account_email_confirm.html", context, status=400)
+    context = {"email": user.email, "username": user.get_username()}
+    return render(request, "registration/account_email_confirm.html", context)
+
+
 @login_required
 @sensitive_post_parameters()
 @require_http_methods(["GET", "POST"])
@@ -616,11 +653,13 @@ def account_email(request: HttpRequest) -> HttpResponse:
     )
     if form.is_bound and form.is_valid():
         email = form.cleaned_data["email"]
-        services.account_email_set(user_id=request.user.pk, email=email)
-        if email:
-            flash.success(request, f"Your e-mail address is now {email}.")
-        else:
+        if not email:
+            services.account_email_set(user_id=request.user.pk, email="")
             flash.success(request, "Your account has no e-mail address now.")
+        elif email == request.user.email:
+            flash.success(request, f"Your e-mail address is {email} already.")
+        else:
+            _email_confirmation_send(request, user=request.user, email=email)
         return redirect("password_change")
     return render(
         request,

@@ -664,3 +664,8 @@ def test_api_shares_a_conversation_and_stops(client, backend_url):
     stopped = client.delete(f"/api/conversations/{conv}/share/")
     assert stopped.status_code == 200 and stopped.json() == {"share": None}
     assert Client().get(share["url"].removeprefix("http://testserver")).status_code == 404
+
+    again = post(client, f"/api/conversations/{conv}/share/").json()["share"]
+    assert again["url"] != share["url"], "a stopped link never comes back"
+    assert client.delete(f"/api/conversations/{conv}/").status_code == 200
+    assert Client().get(again["url"].removeprefix("http://testserver")).status_code == 404

@@ -639,9 +639,17 @@ def test_secrets_never_reach_pages_errors_or_logs(tmp_path, settings, caplog, fa
         seen.append(jar.get("/healthz").text)
         form = {"password1": "a-long-pw-for-eve", "password2": "a-long-pw-for-eve"}
         csrf = {"csrfmiddlewaretoken": jar.cookies["csrftoken"]}
-        jar.post(
+        signed_up = jar.post(
             "/accounts/signup/", data={"username": "eve", "email": "eve@x.test", **form, **csrf}
         )
+        seen.append(jar.get(signed_up.headers["location"]).text)
+        assert "The link to eve@x.test could not be sent" in seen[-1]
+        # The address as if confirmed, so that a reset mail is tried (and fails) too.
+        manage(
+            "shell", "-c", "from django.contrib.auth.models import User; "
+            "User.objects.filter(username='eve').update(email='eve@x.test')",
+            env=env,
+        )  # fmt: skip
         jar.cookies.clear()
         jar.get("/accounts/password/reset/")
         csrf = {"csrfmiddlewaretoken": jar.cookies["csrftoken"]}
@@ -651,6 +659,7 @@ def test_secrets_never_reach_pages_errors_or_logs(tmp_path, settings, caplog, fa
     seen.append(site.log())
     everything = "\n".join(seen)
     assert "backend" in everything  # the errors were produced and read
+    assert "Failed to send the link confirming an e-mail address" in everything
     assert "Failed to send password reset email" in everything
     assert api_key not in everything
     assert secret_key not in everything

@@ -161,13 +161,27 @@ def reset_link_in(message: mail.EmailMessage) -> str:
     return match.group(1)
 
 
+def confirm_link_in(message: mail.EmailMessage) -> str:
+    """The path of the link that confirms an e-mail address, in a mail the site sent."""
+    assert message.subject == "Confirm the e-mail address of your chat account"
+    match = re.search(r"http://testserver(/accounts/email/confirm/\S+/)", message.body)
+    assert match, message.body
+    return match.group(1)
+
+
 def test_a_forgotten_password_is_set_anew_through_the_link_mailed_to_the_account(client):
     fields = {"password1": "a-long-pw-for-olga", "password2": "a-long-pw-for-olga"}
     form = client.get("/accounts/signup/").content.decode()
     assert 'name="email"' in form and "if you forget your password" in form
     assert 'type="email" name="email" autocomplete="email"' in form
     client.post("/accounts/signup/", {"username": "olga", "email": "Olga@EXAMPLE.com", **fields})
+    assert User.objects.get(username="olga").email == "", "not before it is confirmed"
+    assert "We sent a link to Olga@example.com" in client.get("/").content.decode()
+    (confirmation,) = mail.outbox
+    assert confirmation.to == ["Olga@example.com"]
+    Client().get(confirm_link_in(confirmation))
     assert User.objects.get(username="olga").email == "Olga@example.com"
+    mail.outbox.clear()
     User.objects.create_user("olga2", email="olga@example.com", password="pw-olga2-12345")
     User.objects.create_user("piet", email="piet@example.com", password="pw-piet-12345")
 
@@ -225,16 +239,41 @@ def test_an_account_gives_its_email_address_with_its_password(client):
     assert refused.status_code == 400 and "That is not your password." in refused.content.decode()
     assert User.objects.get(username="sami").email == ""
 
-    saved = client.post(
-        "/accounts/email/", {"email": "sami@EXAMPLE.com", "password": "pw-sami-12345"}
-    )
-    assert saved["Location"] == "/accounts/password/"
+    def give(address: str) -> str:
+        given = client.post("/accounts/email/", {"email": address, "password": "pw-sami-12345"})
+        assert given["Location"] == "/accounts/password/"
+        return client.get("/accounts/password/").content.decode()
+
+    page = give("sami@EXAMPLE.com")
+    assert "We sent a link to sami@example.com: open it (within a day)" in page
+    assert User.objects.get(username="sami").email == "", "not before it is confirmed"
+    client.post("/accounts/password/reset/", {"email": "sami@example.com"})
+    assert [m.to for m in mail.outbox] == [["sami@example.com"]], "no reset to it yet"
+    link = confirm_link_in(mail.outbox[0])
+    confirmed = Client().get(link)
+    assert confirmed.status_code == 200
+    assert "<strong>sami@example.com</strong> is the address" in confirmed.content.decode()
+    assert User.objects.get(username="sami").email == "sami@example.com"
+    used = Client().get(link)
+    assert used.status_code == 400 and "it was used already" in used.content.decode()
+    assert "Your e-mail address is sami@example.com already." in give("sami@example.com")
     page = client.get("/accounts/password/").content.decode()
-    assert "Your e-mail address is now sami@example.com." in page
     assert "<strong>sami@example.com</strong>" in page
     assert 'value="sami@example.com"' in client.get("/accounts/email/").content.decode()
+    mail.outbox.clear()
     client.post("/accounts/password/reset/", {"email": "sami@example.com"})
     assert [m.to for m in mail.outbox] == [["sami@example.com"]]
+
+    # Of two new addresses asked for, the one confirmed first wins; the other link is void.
+    mail.outbox.clear()
+    give("first@example.com")
+    give("second@example.com")
+    first, second = (confirm_link_in(m) for m in mail.outbox)
+    Client().get(second)
+    assert Client().get(first).status_code == 400
+    assert User.objects.get(username="sami").email == "second@example.com"
+    forged = Client().get(second.replace("/confirm/", "/confirm/x"))
+    assert forged.status_code == 400 and "This link does not work" in forged.content.decode()
 
     client.post("/accounts/email/", {"email": "", "password": "pw-sami-12345"})
     assert User.objects.get(username="sami").email == ""
@@ -304,6 +343,20 @@ def test_reset_links_are_limited_per_address_and_per_inbox(client, settings):
         client.post("/accounts/password/reset/", {"email": "someone@example.com"})
     refused = client.post("/accounts/password/reset/", {"email": "other@example.com"})
     assert refused.status_code == 429 and "Too many attempts" in refused.content.decode()
+
+
+def test_confirmation_links_to_one_inbox_are_limited(client, settings):
+    settings.CHAT_ACCOUNT_RATE_LIMIT = 2
+    User.objects.create_user("xia", password="pw-xia-12345")
+    client.login(username="xia", password="pw-xia-12345")
+    pages = []
+    for _ in range(3):
+        client.post("/accounts/email/", {"email": "xia@example.com", "password": "pw-xia-12345"})
+        pages.append(client.get("/accounts/password/").content.decode())
+    assert len(mail.outbox) == 2
+    assert "Too many links went to xia@example.com in the last hour" in pages[-1]
+    client.post("/accounts/email/", {"email": "xia@example.org", "password": "pw-xia-12345"})
+    assert len(mail.outbox) == 3, "another inbox is still served"
 
 
 def test_an_account_is_deleted_with_its_conversations_and_their_memory(client, backend_url):
