@@ -251,6 +251,20 @@ class RunStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+class FeedbackFilter(admin.SimpleListFilter):
+    title = "has a reply rated"
+    parameter_name = "feedback"
+
+    def lookups(self, request, model_admin):
+        return Message.Feedback.choices
+
+    def queryset(self, request, queryset):
+        if self.value() in Message.Feedback.values:
+            rated = Message.objects.filter(conversation=OuterRef("pk"), feedback=self.value())
+            return queryset.filter(Exists(rated))
+        return queryset
+
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     change_form_template = "admin/runs/conversation/change_form.html"
@@ -268,6 +282,7 @@ class ConversationAdmin(admin.ModelAdmin):
         "memory",
         HasThreadFilter,
         SharedFilter,
+        FeedbackFilter,
         RunStatusFilter,
         OwnerKindFilter,
         ("updated_at", admin.DateFieldListFilter),

@@ -226,6 +226,23 @@ async def conversation_forget(
     return JsonResponse(conversation_to_dict(updated))
 
 
+@require_http_methods(["POST"])
+@api_view
+async def message_feedback(
+    request: HttpRequest, owner: Owner, conversation_id: uuid.UUID, message_id: uuid.UUID
+) -> JsonResponse:
+    body = json_body(request)
+    if set(body) != {"feedback"}:
+        raise InvalidRequest('Give `feedback` alone: "good", "bad" or null.')
+    frame = await services.message_feedback_set(
+        owner=owner,
+        conversation_id=conversation_id,
+        message_id=message_id,
+        feedback=body["feedback"],
+    )
+    return JsonResponse({key: value for key, value in frame.items() if key != "type"})
+
+
 @require_http_methods(["POST", "DELETE"])
 @api_view
 async def conversation_share(

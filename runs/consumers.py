@@ -293,6 +293,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
             owner=self.owner, conversation_id=conversation_id, title=frame.get("title")
         )
 
+    async def on_message_feedback(self, frame: dict[str, Any], client_id: str | None) -> None:
+        conversation_id = _uuid_field(frame, "conversation")
+        message_id = _uuid_field(frame, "message")
+        if "feedback" not in frame:
+            raise InvalidRequest('`feedback` is required: "good", "bad" or null.')
+        # Ownership first, then subscribed: the answer is the conversation's `message.feedback`.
+        await db_call(conversation_get)(owner=self.owner, conversation_id=conversation_id)
+        await self.watch(conversation_id)
+        await services.message_feedback_set(
+            owner=self.owner,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            feedback=frame["feedback"],
+        )
+
     FRAME_HANDLERS = {
         "chat.send": on_chat_send,
         "chat.regenerate": on_chat_regenerate,
@@ -301,6 +316,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "conversation.memory": on_conversation_memory,
         "conversation.forget": on_conversation_forget,
         "conversation.rename": on_conversation_rename,
+        "message.feedback": on_message_feedback,
     }
 
     # Frames from the conversation groups.

@@ -145,6 +145,10 @@ class Message(models.Model):
         USER = "user"
         ASSISTANT = "assistant"
 
+    class Feedback(models.TextChoices):
+        GOOD = "good"
+        BAD = "bad"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
@@ -160,6 +164,9 @@ class Message(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # A reply the user asked to regenerate: kept for review, left out of the transcript.
     replaced_at = models.DateTimeField(null=True, blank=True)
+    # How the user rated a reply, for staff reviewing the assistant: good, bad, or not rated.
+    feedback = models.CharField(max_length=8, choices=Feedback.choices, blank=True)
+    feedback_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at"]

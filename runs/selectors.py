@@ -143,6 +143,16 @@ def transcript_from(*, conversation_id: Any, message_id: Any = None) -> list[Mes
     return [first, *later]
 
 
+def reply_get(*, conversation_id: Any, message_id: Any) -> Message:
+    """One of the assistant's replies shown in the conversation; InvalidRequest otherwise."""
+    reply = (
+        _shown_messages(conversation_id).filter(pk=message_id, role=Message.Role.ASSISTANT).first()
+    )
+    if reply is None:
+        raise InvalidRequest("`message` must be one of the replies shown in this conversation.")
+    return reply
+
+
 def conversation_markdown(*, conversation: Conversation) -> str:
     """The conversation as its transcript shows it, as a Markdown document to download: each
     message under a heading that says who, when, and whether it was remembered."""
@@ -173,6 +183,8 @@ def message_to_dict(message: Message, run: Run | None = None) -> dict[str, Any]:
         "remembered": message.remembered,
         "created_at": message.created_at.isoformat(),
     }
+    if message.role == Message.Role.ASSISTANT:
+        data["feedback"] = message.feedback or None
     if run is not None and message.role == Message.Role.ASSISTANT:
         data["status"] = run.status
         if run.error_code:

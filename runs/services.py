@@ -55,6 +55,7 @@ from runs.selectors import (
     conversation_queryset,
     conversation_to_dict,
     message_to_dict,
+    reply_get,
     transcript_from,
     transcript_rows,
 )
@@ -1316,6 +1317,48 @@ async def conversation_rename(*, owner: Owner, conversation_id: Any, title: Any)
     return conversation
 
 
+# Feedback.
+
+
+def message_feedback_clean(*, feedback: Any) -> str:
+    """A rating as sent: "good", "bad", or None to take it back ("" once stored)."""
+    if feedback is None:
+        return ""
+    if feedback not in Message.Feedback.values:
+        raise InvalidRequest('`feedback` must be "good", "bad" or null.')
+    return feedback
+
+
+def _message_feedback_set(
+    *, owner: Owner, conversation_id: Any, message_id: Any, feedback: str
+) -> Message:
+    conversation = conversation_get(owner=owner, conversation_id=conversation_id)
+    reply = reply_get(conversation_id=conversation.pk, message_id=message_id)
+    rated_at = timezone.now() if feedback else None
+    # `updated_at` stays: a rating is not news, so the list keeps its order.
+    Message.objects.filter(pk=reply.pk).update(feedback=feedback, feedback_at=rated_at)
+    return reply
+
+
+async def message_feedback_set(
+    *, owner: Owner, conversation_id: Any, message_id: Any, feedback: Any
+) -> dict[str, Any]:
+    """Rates one of the assistant's replies (None takes the rating back), for staff to review,
+    then tells every socket watching the conversation (`message.feedback`)."""
+    cleaned = message_feedback_clean(feedback=feedback)
+    reply = await db_call(_message_feedback_set)(
+        owner=owner, conversation_id=conversation_id, message_id=message_id, feedback=cleaned
+    )
+    frame = {
+        "type": "message.feedback",
+        "conversation": str(reply.conversation_id),
+        "message": str(reply.pk),
+        "feedback": cleaned or None,
+    }
+    await frame_publish(conversation_id=reply.conversation_id, frame=frame)
+    return frame
+
+
 # Sharing.
 
 
@@ -1488,6 +1531,7 @@ def _export_line(conversation: Conversation) -> bytes:
                 "remembered": message.remembered,
                 "created_at": message.created_at.isoformat(),
                 "replaced_at": message.replaced_at.isoformat() if message.replaced_at else None,
+                "feedback": message.feedback or None,
                 "run": _export_run(message.run),
             }
             for message in conversation.messages.all()

@@ -28,6 +28,11 @@ urlpatterns = [
     ),
     path("c/<uuid:conversation_id>/edit/", views.chat_form_edit, name="chat_form_edit"),
     path(
+        "c/<uuid:conversation_id>/feedback/",
+        views.chat_form_feedback,
+        name="chat_form_feedback",
+    ),
+    path(
         "c/<uuid:conversation_id>/download/",
         views.conversation_download,
         name="conversation_download",
@@ -61,6 +66,11 @@ urlpatterns = [
         "api/conversations/<uuid:conversation_id>/share/",
         api.conversation_share,
         name="api_conversation_share",
+    ),
+    path(
+        "api/conversations/<uuid:conversation_id>/messages/<uuid:message_id>/feedback/",
+        api.message_feedback,
+        name="api_message_feedback",
     ),
     path("api/<path:rest>", api.not_found),
 ]

@@ -410,6 +410,29 @@ def shared_conversation(request: HttpRequest, token: str) -> HttpResponse:
 
 @require_POST
 @conversation_page
+async def chat_form_feedback(
+    request: HttpRequest, owner: Owner, conversation: Conversation
+) -> HttpResponse:
+    """Rates a reply without JavaScript (`message`, `feedback`: good, bad, or empty to take the
+    rating back), then back to the conversation, at that reply."""
+    asked = request.POST.get("message", "")
+    try:
+        await services.message_feedback_set(
+            owner=owner,
+            conversation_id=conversation.id,
+            message_id=_message_id(asked),
+            feedback=request.POST.get("feedback") or None,
+        )
+    except NotFound:
+        return await _not_found(request)
+    except ChatError as exc:
+        await sync_to_async(flash.error)(request, exc.message)
+        return redirect(reverse("conversation", args=[conversation.id]))
+    return redirect(f"{reverse('conversation', args=[conversation.id])}#m-{asked}")
+
+
+@require_POST
+@conversation_page
 async def chat_form_regenerate(
     request: HttpRequest, owner: Owner, conversation: Conversation
 ) -> HttpResponse:

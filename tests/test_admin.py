@@ -451,6 +451,24 @@ def test_staff_find_shared_conversations_and_stop_sharing_them(admin_client, bac
     assert Conversation.objects.get(pk=kept.pk).is_shared, "only the selected ones"
 
 
+def test_staff_find_the_conversations_whose_replies_were_rated(admin_client, backend_url):
+    disliked = chat("a bad answer", memory=False)
+    liked = chat("a good answer", memory=False)
+    chat("not rated", memory=False)
+    for conversation, rating in ((disliked, "bad"), (liked, "good")):
+        reply = conversation.messages.get(role="assistant")
+        async_to_sync(services.message_feedback_set)(
+            owner=Owner(user_id=None, session_key=conversation.session_key),
+            conversation_id=conversation.pk,
+            message_id=reply.pk,
+            feedback=rating,
+        )
+    assert [c.pk for c in rows(admin_client.get(CHANGELIST, {"feedback": "bad"}))] == [disliked.pk]
+    assert [c.pk for c in rows(admin_client.get(CHANGELIST, {"feedback": "good"}))] == [liked.pk]
+    page = admin_client.get(change_url(disliked)).content.decode()
+    assert "rated bad" in transcript_of(page)
+
+
 def test_forget_button_on_the_conversation_page(admin_client, backend_url):
     conversation = chat("forget this one", memory=True)
     thread_id = conversation.thread_id

@@ -669,3 +669,24 @@ def test_api_shares_a_conversation_and_stops(client, backend_url):
     assert again["url"] != share["url"], "a stopped link never comes back"
     assert client.delete(f"/api/conversations/{conv}/").status_code == 200
     assert Client().get(again["url"].removeprefix("http://testserver")).status_code == 404
+
+
+def test_api_rates_a_reply_and_takes_the_rating_back(client, backend_url):
+    done = say(client, "rate this", memory=False)
+    conv, reply = done["conversation"], done["reply"]
+    assert reply["feedback"] is None
+    path = f"/api/conversations/{conv}/messages/{reply['id']}/feedback/"
+    rated = post(client, path, {"feedback": "good"})
+    assert rated.status_code == 200
+    assert rated.json() == {"conversation": conv, "message": reply["id"], "feedback": "good"}
+    shown = client.get(f"/api/conversations/{conv}/").json()["messages"]
+    assert [m.get("feedback") for m in shown] == [None, "good"]
+    assert "feedback" not in shown[0], "the user's own messages are not rated"
+
+    refused = post(client, path, {"feedback": "great"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_frame"
+    question = f"/api/conversations/{conv}/messages/{shown[0]['id']}/feedback/"
+    assert post(client, question, {"feedback": "bad"}).status_code == 400
+    assert post(Client(), path, {"feedback": "bad"}).status_code == 404
+    assert post(client, path, {"feedback": None}).json()["feedback"] is None
+    assert Message.objects.get(pk=reply["id"]).feedback == ""

@@ -1054,6 +1054,47 @@ def test_download_saves_the_conversation_as_markdown(new_page, site):
     expect(download).to_be_hidden()
 
 
+def test_a_reply_rated_in_one_tab_shows_rated_in_every_tab(new_context, site):
+    context = new_context()
+    page = context.new_page()
+    page.goto(site.url)
+    chat(page, "how good is this?", number=1, seen=1)
+    other = context.new_page()
+    other.goto(page.url)
+    reply_is(other, 1, echo("how good is this?", 1))
+
+    bad = replies(page).first.get_by_role("button", name="Bad reply")
+    expect(bad).to_have_attribute("aria-pressed", "false")
+    bad.click()
+    expect(bad).to_have_attribute("aria-pressed", "true")
+    shot(page, "29-rated")
+    other_bad = replies(other).first.get_by_role("button", name="Bad reply")
+    expect(other_bad).to_have_attribute("aria-pressed", "true")
+    replies(other).first.get_by_role("button", name="Good reply").click()
+    expect(bad).to_have_attribute("aria-pressed", "false")
+    expect(replies(page).first.get_by_role("button", name="Good reply")).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    page.reload()
+    good = replies(page).first.get_by_role("button", name="Good reply")
+    expect(good).to_have_attribute("aria-pressed", "true")
+    good.click()
+    expect(good).to_have_attribute("aria-pressed", "false")
+    expect(replies(other).first.get_by_role("button", name="Good reply")).to_have_attribute(
+        "aria-pressed", "false"
+    )
+
+    # A reply streamed into the page (not rendered by the server) is rated the same way.
+    chat(page, "and this one?", number=2, seen=2)
+    fresh = replies(page).nth(1).get_by_role("button", name="Good reply")
+    fresh.click()
+    expect(fresh).to_have_attribute("aria-pressed", "true")
+    other.reload()
+    expect(replies(other).nth(1).get_by_role("button", name="Good reply")).to_have_attribute(
+        "aria-pressed", "true"
+    )
+
+
 def test_a_shared_link_opens_a_read_only_copy_for_anyone(new_context, site):
     owner = new_context(permissions=["clipboard-read", "clipboard-write"]).new_page()
     owner.goto(site.url)

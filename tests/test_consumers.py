@@ -448,6 +448,46 @@ async def test_a_rename_reaches_every_tab_of_the_owner_and_keeps_the_list_order(
     assert (await conversation(conv)).title == "Trip plans"
 
 
+async def test_a_rating_of_a_reply_reaches_every_tab_and_stays_with_the_reply(
+    backend_url, socket_factory
+):
+    _, first, second, conv = await two_tabs_in_one_conversation(socket_factory, "rate me")
+    stranger = await socket_factory(await database_sync_to_async(session_cookie_for)())
+    reply = (await conversation_snapshot_of(first, conv))["messages"][-1]
+    assert reply["role"] == "assistant" and reply["feedback"] is None
+
+    rate = {"type": "message.feedback", "conversation": conv, "message": reply["id"]}
+    await first.send({**rate, "feedback": "bad"})
+    for socket in (first, second):
+        told, _ = await socket.until("message.feedback")
+        assert told == {**rate, "feedback": "bad"}
+    assert (await conversation_snapshot_of(second, conv))["messages"][-1]["feedback"] == "bad"
+    await second.send({**rate, "feedback": None})
+    taken_back, _ = await first.until("message.feedback")
+    assert taken_back["feedback"] is None
+    assert (await conversation_snapshot_of(first, conv))["messages"][-1]["feedback"] is None
+
+    # Refusals are answered, and change nothing.
+    question = (await conversation_snapshot_of(first, conv))["messages"][0]
+    for refused_frame, code in (
+        ({**rate, "feedback": "meh"}, "invalid_frame"),
+        ({**rate}, "invalid_frame"),
+        ({**rate, "message": question["id"], "feedback": "good"}, "invalid_frame"),
+    ):
+        await first.send(refused_frame)
+        refused, _ = await first.until("error")
+        assert refused["code"] == code, refused
+    await stranger.send({**rate, "feedback": "good"})
+    assert (await stranger.until("error"))[0]["code"] == "not_found"
+    assert (await conversation_snapshot_of(first, conv))["messages"][-1]["feedback"] is None
+
+
+async def conversation_snapshot_of(socket, conv: str) -> dict:
+    await socket.send({"type": "conversation.watch", "conversation": conv})
+    snapshot, _ = await socket.until("conversation.snapshot")
+    return snapshot
+
+
 async def test_other_tabs_are_told_when_the_switch_flips_or_the_memory_is_forgotten(
     backend_url, socket_factory
 ):

@@ -462,6 +462,7 @@ def test_a_shared_link_shows_the_conversation_as_it_was_when_shared(client, back
     shared = reader.get(link)
     assert shared.status_code == 200
     assert shared["X-Robots-Tag"] == "noindex, nofollow"
+    assert "no-store" in shared["Cache-Control"], "a stopped share must not live on in a cache"
     page = shared.content.decode()
     assert "first question" in page and "You said: second question" in page
     assert "second, edited" not in page and "third question" not in page
@@ -498,3 +499,27 @@ def test_sharing_is_refused_while_a_reply_is_written_and_follows_sign_in_rules(
     assert client.post(f"/c/{conv}/share/", {"action": "nonsense"}).status_code == 400
     settings.CHAT_REQUIRE_LOGIN = True
     assert Client().get("/s/tok-en_1/")["Location"].startswith("/accounts/login/")
+
+
+def test_a_reply_is_rated_without_javascript(client, backend_url):
+    conv = say(client, "rate me here", memory=False)["conversation"]
+    reply = Message.objects.get(conversation_id=conv, role="assistant")
+    page = client.get(f"/c/{conv}/").content.decode()
+    assert f'action="/c/{conv}/feedback/"' in page
+    assert 'aria-label="Bad reply"' in page and 'aria-pressed="false"' in page
+
+    rated = client.post(f"/c/{conv}/feedback/", {"message": str(reply.pk), "feedback": "bad"})
+    assert rated["Location"] == f"/c/{conv}/#m-{reply.pk}"
+    page = client.get(f"/c/{conv}/").content.decode()
+    pressed = re.search(
+        r'value="(\w*)" class="rate link small" data-rating="bad" '
+        r'aria-pressed="(\w+)"',
+        page,
+    )
+    assert pressed and pressed.groups() == ("", "true"), "pressed; pressed again takes it back"
+    client.post(f"/c/{conv}/feedback/", {"message": str(reply.pk), "feedback": ""})
+    assert Message.objects.get(pk=reply.pk).feedback == ""
+
+    refused = client.post(f"/c/{conv}/feedback/", {"message": "nonsense", "feedback": "bad"})
+    assert "not a valid uuid" in client.get(refused["Location"]).content.decode()
+    assert Client().post(f"/c/{conv}/feedback/", {"message": str(reply.pk)}).status_code == 404

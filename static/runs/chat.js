@@ -189,6 +189,7 @@ function messageElement(message) {
   }
   const actions = el("span", "actions");
   if (message.role === "assistant" && message.text) actions.append(labelledButton("copy link small", "Copy reply", "Copy"));
+  if (message.role === "assistant") actions.append(feedbackButtons(message.feedback));
   meta.append(actions);
   item.append(meta);
   if (message.notice) item.append(el("p", "notice", message.notice));
@@ -198,6 +199,20 @@ function messageElement(message) {
   item.append(body);
   enhance(item);
   return item;
+}
+
+// Good reply / Bad reply, for the site's staff: pressed again, a rating is taken back. Their
+// icons are the stylesheet's.
+const RATINGS = [["good", "Good reply"], ["bad", "Bad reply"]];
+function feedbackButtons(feedback) {
+  const group = el("span", "feedback");
+  for (const [rating, label] of RATINGS) {
+    const button = labelledButton("rate link small", label, "", `${label}: tell the site's staff`);
+    button.dataset.rating = rating;
+    button.setAttribute("aria-pressed", String(feedback === rating));
+    group.append(button);
+  }
+  return group;
 }
 
 // Times in the reader's zone, and a header with the language and a copy button on code blocks.
@@ -616,6 +631,14 @@ const handlers = {
       showToast("Renamed.");
     }
   },
+  // Rated in this tab or anywhere else: every tab shows the rating.
+  "message.feedback"(frame) {
+    if (frame.conversation !== state.conversation) return;
+    const item = transcript.querySelector(`li[data-id="${CSS.escape(frame.message)}"]`);
+    item?.querySelectorAll("button.rate").forEach((button) => {
+      button.setAttribute("aria-pressed", String(button.dataset.rating === frame.feedback));
+    });
+  },
   "conversation.deleted"(frame) {
     if (!state.leaving) dropConversation(frame.conversation);
   },
@@ -928,7 +951,13 @@ $("banner-close").addEventListener("click", () => {
 });
 
 transcript.addEventListener("click", (event) => {
-  if (event.target.closest(".regenerate button, button.regenerate")) {
+  const rate = event.target.closest("button.rate");
+  if (rate) {
+    event.preventDefault(); // the form is for pages without JavaScript
+    const pressed = rate.getAttribute("aria-pressed") === "true";
+    const frame = { type: "message.feedback", conversation: state.conversation, message: rate.closest("li.message").dataset.id, feedback: pressed ? null : rate.dataset.rating };
+    if (!send(frame)) showToast("Not connected: rate it again in a moment.");
+  } else if (event.target.closest(".regenerate button, button.regenerate")) {
     event.preventDefault(); // the form and the link are for pages without JavaScript
     regenerateReply();
   } else if (event.target.closest(".edit")) {
