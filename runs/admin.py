@@ -27,6 +27,7 @@ from django.db.models import (
     OuterRef,
     QuerySet,
     Subquery,
+    TextChoices,
 )
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -192,34 +193,35 @@ def _count_of(rows: QuerySet) -> Coalesce:
     return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
-class HasThreadFilter(admin.SimpleListFilter):
+class SetOrBlankFilter(admin.SimpleListFilter):
+    """Yes or no: whether a text field of the conversation is set."""
+
+    field: str
+    labels: tuple[str, str]  # for yes, for no
+
+    def lookups(self, request, model_admin):
+        return list(zip(("yes", "no"), self.labels, strict=True))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(**{self.field: ""})
+        if self.value() == "no":
+            return queryset.filter(**{self.field: ""})
+        return queryset
+
+
+class HasThreadFilter(SetOrBlankFilter):
     title = "backend thread"
     parameter_name = "has_thread"
-
-    def lookups(self, request, model_admin):
-        return [("yes", "has a thread"), ("no", "no thread")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.exclude(thread_id="")
-        if self.value() == "no":
-            return queryset.filter(thread_id="")
-        return queryset
+    field = "thread_id"
+    labels = ("has a thread", "no thread")
 
 
-class SharedFilter(admin.SimpleListFilter):
+class SharedFilter(SetOrBlankFilter):
     title = "shared"
     parameter_name = "shared"
-
-    def lookups(self, request, model_admin):
-        return [("yes", "shared by link"), ("no", "not shared")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.exclude(share_token="")
-        if self.value() == "no":
-            return queryset.filter(share_token="")
-        return queryset
+    field = "share_token"
+    labels = ("shared by link", "not shared")
 
 
 class OwnerKindFilter(admin.SimpleListFilter):
@@ -237,32 +239,35 @@ class OwnerKindFilter(admin.SimpleListFilter):
         return queryset
 
 
-class RunStatusFilter(admin.SimpleListFilter):
+class HasRowFilter(admin.SimpleListFilter):
+    """Conversations with at least one `model` row whose `field` is the value chosen."""
+
+    model: type[Run] | type[Message]
+    field: str
+    values: type[TextChoices]
+
+    def lookups(self, request, model_admin):
+        return self.values.choices
+
+    def queryset(self, request, queryset):
+        if self.value() in self.values.values:
+            rows = self.model.objects.filter(
+                conversation=OuterRef("pk"), **{self.field: self.value()}
+            )
+            return queryset.filter(Exists(rows))
+        return queryset
+
+
+class RunStatusFilter(HasRowFilter):
     title = "has a run that is"
     parameter_name = "run_status"
-
-    def lookups(self, request, model_admin):
-        return Run.Status.choices
-
-    def queryset(self, request, queryset):
-        if self.value() in Run.Status.values:
-            runs = Run.objects.filter(conversation=OuterRef("pk"), status=self.value())
-            return queryset.filter(Exists(runs))
-        return queryset
+    model, field, values = Run, "status", Run.Status
 
 
-class FeedbackFilter(admin.SimpleListFilter):
+class FeedbackFilter(HasRowFilter):
     title = "has a reply rated"
     parameter_name = "feedback"
-
-    def lookups(self, request, model_admin):
-        return Message.Feedback.choices
-
-    def queryset(self, request, queryset):
-        if self.value() in Message.Feedback.values:
-            rated = Message.objects.filter(conversation=OuterRef("pk"), feedback=self.value())
-            return queryset.filter(Exists(rated))
-        return queryset
+    model, field, values = Message, "feedback", Message.Feedback
 
 
 @admin.register(Conversation)
