@@ -239,7 +239,7 @@ class DirectUser:
             "assistant_id": "agent",
             "input": {"messages": [{"role": "user", "content": PROMPT}]},
             "on_disconnect": "cancel",
-            "stream_mode": ["messages-tuple", "updates"],
+            "stream_mode": ["messages-tuple"],
         }
         if self.thread_id is None:
             body["on_completion"] = "delete"

@@ -244,9 +244,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def launch(self, started: services.StartedRun) -> None:
         # Subscribe before the run is announced, so this socket sees all of it.
         await self.watch(started.conversation.id)
-        _, started_text = await services.run_launch(started, origin_channel=self.channel_name)
+        started_text = await services.run_launch(started, origin_channel=self.channel_name)
         # Sent before this handler returns, so before any delta of the run is dispatched here.
-        await self.send(text_data=started_text)
+        if started_text:
+            await self.send(text_data=started_text)
 
     async def on_chat_cancel(self, frame: dict[str, Any], client_id: str | None) -> None:
         run_id = _uuid_field(frame, "run")

@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from runs import sql
 from runs.backend import RunStarted, TextDelta, get_backend
-from runs.db import db_call
+from runs.db import db_batched, db_call
 from runs.exceptions import (
     Busy,
     ChatError,
@@ -360,7 +360,7 @@ def _chat_start(
     relay_channel: str,
 ) -> StartedRun:
     _rate_limit_check(owner=owner)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         if conversation_id is None:
             conversation = sql.row_insert(
                 Conversation(title=_title_from(text), memory=memory, **owner.conversation_fields())
@@ -395,7 +395,7 @@ async def _run_begin(save: Callable[..., StartedRun], *, owner: Owner, **fields:
     """Saves a run's start on the database thread (`save`, with the channel of this process's
     relays), then tells the owner's other sockets."""
     relay_channel = await relays_ensure()
-    started = await db_call(save)(owner=owner, relay_channel=relay_channel, **fields)
+    started = await db_batched(save)(owner=owner, relay_channel=relay_channel, **fields)
     await conversation_active_publish(owner=owner, conversation=started.conversation)
     return started
 
@@ -447,7 +447,7 @@ def _chat_regenerate(
     relay_channel: str,
 ) -> StartedRun:
     _rate_limit_check(owner=owner)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         conversation = _conversation_lock_at_rest(owner=owner, conversation_id=conversation_id)
         from_message = transcript_from(conversation_id=conversation.pk, message_id=message_id)
         user_message, after = from_message[0], from_message[1:]
@@ -526,6 +526,9 @@ class LiveRun:
     per socket and one client wakeup for several tokens is what keeps a busy process's CPU for
     the replies, and the first token still goes out at once. On a networked layer (Redis)
     tokens that arrive while a send is in flight also join the next frame.
+
+    Nothing is published before the run is announced (`announce`): its `run.started` always
+    comes first.
     """
 
     run_id: uuid.UUID
@@ -548,6 +551,12 @@ class LiveRun:
     flush_handle: asyncio.Handle | None = None
     publishing: asyncio.Future | None = None
     published_at: float = float("-inf")  # the event loop's clock at the last frame
+    # What `run.started` says, the socket that sent the message (it tells its client itself),
+    # and whether the watchers have been told.
+    started: StartedRun | None = None
+    origin_channel: str = ""
+    announced: bool = False
+    announcement: asyncio.Future | None = None  # the encoded `run.started`, once announced
     # Worked out once, not per delta.
     group: str = field(init=False)
     run_key: str = field(init=False)
@@ -565,9 +574,33 @@ class LiveRun:
     def text(self) -> str:
         return "".join(self.parts)
 
+    def announce(self) -> None:
+        """Tells the conversation's watchers that the run started (the sending socket is told
+        by its consumer, with the text `announcement` resolves to), then lets the deltas go.
+        Called once the backend request is on its way, so that in a burst of messages every
+        request leaves before any announcement is made; also, whatever happens, before the
+        run's final frame. Once only."""
+        if self.announced:
+            return
+        self.announced = True
+        text = ""
+        try:
+            if self.started is not None:
+                text = orjson.dumps(self.started.started_frame()).decode()
+                self._publish({"type": "run.started", "text": text, "origin": self.origin_channel})
+        finally:
+            if self.announcement is not None and not self.announcement.done():
+                self.announcement.set_result(text)
+        if self.pending:
+            self.flush()
+
+    def announce_soon(self) -> None:
+        """`announce` on the event loop's next turn: behind the other requests in line."""
+        asyncio.get_running_loop().call_soon(self.announce)
+
     def delta_add(self, text: str) -> None:
         self.pending.append(text)
-        if self.flush_handle is not None:
+        if self.flush_handle is not None or not self.announced:
             return
         loop = asyncio.get_running_loop()
         if len(LIVE_RUNS) >= self.batch_from:
@@ -583,11 +616,9 @@ class LiveRun:
         if self.flush_handle is not None:
             self.flush_handle.cancel()
             self.flush_handle = None
-        if not self.pending:
+        if not self.pending or not self.announced:
             return
-        layer = get_channel_layer()
-        send_nowait = getattr(layer, "group_send_nowait", None)
-        if send_nowait is None and self.publishing is not None and not self.publishing.done():
+        if self.publishing is not None and not self.publishing.done():
             # A networked layer takes a round trip a send: what arrives meanwhile goes out
             # in one frame when the send in flight is done, so the frames keep their order and
             # a busy relay makes fewer, larger sends instead of queueing one per token.
@@ -598,7 +629,12 @@ class LiveRun:
         self.seq += 1
         self.published_at = asyncio.get_running_loop().time()
         frame = {"type": "run.delta", "run": self.run_key, "seq": self.seq, "text": text}
-        message = frame_message(frame)
+        self._publish(frame_message(frame))
+
+    def _publish(self, message: dict[str, Any]) -> None:
+        """Sends `message` to the conversation's group, after the ones published before it."""
+        layer = get_channel_layer()
+        send_nowait = getattr(layer, "group_send_nowait", None)
         if send_nowait is not None:
             send_nowait(self.group, message)
             return
@@ -620,6 +656,9 @@ class LiveRun:
                 await self.publishing
             self.flush()
 
+
+# The longest a run waits for its backend request to leave before it is announced anyway.
+ANNOUNCE_WAIT_SECONDS = 0.25
 
 # Runs relayed by this process, by run id. Strong references keep the detached tasks alive.
 LIVE_RUNS: dict[uuid.UUID, LiveRun] = {}
@@ -688,7 +727,7 @@ def _run_finish(
         updates["notice"] = notice
     if backend_run_id:
         updates["backend_run_id"] = backend_run_id
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         # Only one finisher wins, whichever process it runs in.
         if not sql.rows_update(Run, values=updates, pk=run_id, status=Run.ACTIVE_STATUSES):
             return None
@@ -733,11 +772,12 @@ async def _relay_finish(
 ) -> dict[str, Any] | None:
     """Saves the outcome, tells every watcher, and returns the final frame."""
     live.finishing = True
+    live.announce()  # if the request never went out: its run.started before its end
     await live.drained()
     if live.marking is not None:
         with contextlib.suppress(Exception):
             await live.marking
-    finished = await db_call(_run_finish)(
+    finished = await db_batched(_run_finish)(
         run_id=live.run_id,
         conversation_id=live.conversation_id,
         mode=live.mode,
@@ -838,7 +878,9 @@ async def _relay(live: LiveRun) -> None:
     backend = get_backend()
 
     async def stream(thread_id: str | None) -> None:
-        events = backend.run_stream(text=live.text_in, thread_id=thread_id)
+        events = backend.run_stream(
+            text=live.text_in, thread_id=thread_id, on_sent=live.announce_soon
+        )
         async with aclosing(events):
             async for event in events:
                 if type(event) is TextDelta:
@@ -846,11 +888,12 @@ async def _relay(live: LiveRun) -> None:
                         live.first_token_at = timezone.now()
                     live.delta_add(event.text)
                 elif type(event) is RunStarted:
+                    live.announce()  # should the request's trace not have told
                     live.backend_run_id = event.run_id
-                    # Not awaited: the first token need not wait for this write. The database
-                    # thread runs calls in order, so it lands before the run is finished.
+                    # Not awaited: the first token need not wait for this write. Batched calls
+                    # run in order, so it lands before the run is finished.
                     live.marking = asyncio.ensure_future(
-                        db_call(_run_mark_streaming)(
+                        db_batched(_run_mark_streaming)(
                             run_id=live.run_id, backend_run_id=event.run_id
                         )
                     )
@@ -858,7 +901,7 @@ async def _relay(live: LiveRun) -> None:
     await _run_to_end(live, stream)
 
 
-def _live_run(started: StartedRun) -> LiveRun:
+def _live_run(started: StartedRun, *, origin_channel: str = "") -> LiveRun:
     live = LiveRun(
         run_id=started.run.id,
         conversation_id=started.conversation.id,
@@ -867,32 +910,34 @@ def _live_run(started: StartedRun) -> LiveRun:
         thread_id=started.run.thread_id,
         rewind_thread_id=started.run.rewind_thread_id,
         rewind_run_ids=tuple(started.run.rewind_run_ids),
+        started=started,
+        origin_channel=origin_channel,
+        announcement=asyncio.get_running_loop().create_future(),
     )
     LIVE_RUNS[live.run_id] = live
     return live
 
 
-async def _run_announce(started: StartedRun, *, origin_channel: str = "") -> str:
-    """Tells the conversation's watchers that the run started; returns the frame, encoded. The
-    socket that sent the message (`origin_channel`) is skipped and sends it itself, so its first
-    frame never depends on a group subscription made a moment before (on Redis, a SUBSCRIBE and
+async def run_launch(started: StartedRun, *, origin_channel: str = "") -> str:
+    """Starts the run's relay task and returns its `run.started` frame, encoded, once the run
+    is announced: when its backend request is on its way (or has failed), at the latest after
+    ANNOUNCE_WAIT_SECONDS.
+
+    The conversation's watchers are told through its group, all but the socket that sent the
+    message (`origin_channel`), which sends the frame returned here itself: its first frame
+    then never depends on a group subscription made a moment before (on Redis, a SUBSCRIBE and
     the next PUBLISH travel on different connections, and are sometimes served in the other
-    order)."""
-    text = orjson.dumps(started.started_frame()).decode()
-    await get_channel_layer().group_send(
-        conversation_group(started.conversation.id),
-        {"type": "run.started", "text": text, "origin": origin_channel},
-    )
-    return text
-
-
-async def run_launch(started: StartedRun, *, origin_channel: str = "") -> tuple[LiveRun, str]:
-    """Announces the run (see `_run_announce`) and starts its relay task. Returns the relay and
-    the `run.started` frame, encoded, for the sending socket."""
-    live = _live_run(started)
-    text = await _run_announce(started, origin_channel=origin_channel)
-    live.task = asyncio.get_running_loop().create_task(_relay(live), name=f"relay-{live.run_id}")
-    return live, text
+    order). Since nothing of the run is published before it is announced, that socket, which
+    handles one message at a time, sends `run.started` before any frame of the run."""
+    loop = asyncio.get_running_loop()
+    live = _live_run(started, origin_channel=origin_channel)
+    live.task = loop.create_task(_relay(live), name=f"relay-{live.run_id}")
+    # A backend slow to answer (or to refuse) the connection must not hide the message from the
+    # page for long; and however the task ends, even cancelled before it began, the sender
+    # never waits for nothing.
+    loop.call_later(ANNOUNCE_WAIT_SECONDS, live.announce)
+    live.task.add_done_callback(lambda _: live.announce())
+    return await asyncio.shield(live.announcement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -927,7 +972,8 @@ async def chat_regenerate_wait(
 
 async def _run_wait(started: StartedRun) -> WaitOutcome:
     live = _live_run(started)
-    await _run_announce(started)
+    live.announce()
+    await live.drained()
     backend = get_backend()
 
     async def wait(thread_id: str | None) -> None:

@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from runs import services
+from runs import db, services
 from runs.db import db_call
 from runs.exceptions import (
     Busy,
@@ -133,6 +133,64 @@ async def test_one_active_run_per_conversation(closed_port_url):
             owner=VISITOR, conversation_id=started.conversation.id, text="b", memory=False
         )
     assert not await Message.objects.filter(text="b").aexists()
+
+
+async def test_messages_sent_at_once_are_saved_together_and_a_refusal_undoes_only_its_own(
+    closed_port_url, monkeypatch
+):
+    """A burst of senders is saved in one transaction; should one of them be refused (here:
+    its conversation is busy), the others are saved all the same and the refused one leaves
+    nothing behind."""
+    busy = await services.chat_start(owner=VISITOR, conversation_id=None, text="busy", memory=False)
+    batches: list[int] = []
+    together = db._run_together
+    monkeypatch.setattr(
+        db, "_run_together", lambda calls: batches.append(len(calls)) or together(calls)
+    )
+    # Holds the database thread, so that the four senders wait in line together.
+    gate = threading.Event()
+    held = asyncio.ensure_future(db_call(gate.wait)(10))
+    senders = [
+        asyncio.ensure_future(
+            services.chat_start(owner=VISITOR, conversation_id=None, text=f"new {n}", memory=False)
+        )
+        for n in range(3)
+    ]
+    senders.append(
+        asyncio.ensure_future(
+            services.chat_start(
+                owner=VISITOR, conversation_id=busy.conversation.id, text="again", memory=False
+            )
+        )
+    )
+    await asyncio.sleep(0.1)
+    gate.set()
+    await held
+    outcomes = await asyncio.gather(*senders, return_exceptions=True)
+    assert batches == [4]
+    assert [type(outcome) for outcome in outcomes] == [services.StartedRun] * 3 + [Busy]
+    assert [started.user_message.text for started in outcomes[:3]] == ["new 0", "new 1", "new 2"]
+    saved = [message.text async for message in Message.objects.order_by("created_at")]
+    assert saved == ["busy", "new 0", "new 1", "new 2"]
+    assert await Run.objects.acount() == 4  # no run left behind by the refused message
+    assert (await Conversation.objects.aget(pk=busy.conversation.id)).active_run_id == busy.run.id
+
+
+async def test_nothing_of_a_run_is_published_before_its_run_started(channel_layer):
+    conversation_id = uuid.uuid4()
+    watcher = await channel_layer.new_channel()
+    await channel_layer.group_add(services.conversation_group(conversation_id), watcher)
+    live = services.LiveRun(
+        run_id=uuid.uuid4(), conversation_id=conversation_id, mode="stateless", text_in="hi"
+    )
+    live.delta_add("Hel")
+    live.delta_add("lo")
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(channel_layer.receive(watcher), timeout=0.1)
+    live.announce()
+    frame = orjson.loads((await asyncio.wait_for(channel_layer.receive(watcher), 5))["text"])
+    assert (frame["type"], frame["seq"], frame["text"]) == ("run.delta", 1, "Hello")
 
 
 @pytest.mark.skipif(
@@ -317,7 +375,11 @@ async def test_on_redis_tokens_that_arrive_during_a_publish_go_out_together_in_o
     layer = RedisPubSubChannelLayer(hosts=[REDIS], prefix=f"test-{uuid.uuid4().hex}")
     monkeypatch.setattr(services, "get_channel_layer", lambda: layer)
     live = services.LiveRun(
-        run_id=uuid.uuid4(), conversation_id=uuid.uuid4(), mode="stateless", text_in="hi"
+        run_id=uuid.uuid4(),
+        conversation_id=uuid.uuid4(),
+        mode="stateless",
+        text_in="hi",
+        announced=True,  # its run.started is not what this is about
     )
     watcher = await layer.new_channel()
     await layer.group_add(services.conversation_group(live.conversation_id), watcher)
