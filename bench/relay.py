@@ -21,8 +21,11 @@ whole reply (send to `run.completed` / the SSE `end`) p50/p95, tokens per second
 received in all rounds / the rounds' wall time), per-token delivery latency (arrival minus the
 token's stamp) p50/p95, errors, and for the relay daphne's CPU seconds per relayed token
 (utime+stime from /proc/<pid>/stat across the relay rounds) and its peak RSS (VmHWM, reset at
-the start of each cell where the kernel allows it). Tokens are counted by their stamps, so the
-figures stay right if the relay coalesces deltas.
+the start of each cell where the kernel allows it), and in both modes the simulated users' own
+CPU per token (going direct, that is what reading the backend's stream costs a plain client).
+Tokens are counted by their stamps, so the figures stay right if the relay coalesces deltas.
+Before the cells, the header gives what one wakeup of an idle event loop costs on the machine:
+at low concurrency every token is one, in daphne, in the clients and in the backend alike.
 
 Then the scale-out rows (issue 8; `--scale on|off|only`): the same alternation with three
 modes, on a fresh PostgreSQL database (created here, dropped at the end) and Redis as the channel
@@ -765,7 +768,7 @@ COLUMNS = [
     ("conc", 5), ("memory", 6), ("mode", 6), ("replies", 7),
     ("ttft p50", 9), ("p95", 8), ("p99", 8), ("reply p50", 9), ("p95", 8),
     ("tok/s", 8), ("tok-lat p50", 11), ("p95", 8), ("errors", 6),
-    ("daphne ms CPU/tok", 17), ("daphne peak RSS MiB", 19),
+    ("daphne ms CPU/tok", 17), ("daphne peak RSS MiB", 19), ("clients ms CPU/tok", 18),
 ]  # fmt: skip
 
 # The scale-out rows: CPU is the sum over the relay's daphne processes, RSS their largest
@@ -831,9 +834,10 @@ def table(cells: list[dict[str, Any]]) -> str:
                 *head, mode, *figures(s),
                 fmt(s["daphne_cpu_ms_per_token"], 3) if relay else "",
                 fmt(s["daphne_peak_rss_mib"]) if relay else "",
+                fmt(s["client_cpu_ms_per_token"], 3),
             ])  # fmt: skip
-        rows.append([*head, "ratio", *ratio_figures(cell["ratio"]), "", ""])
-        rows.append([*head, "+ms", *added_figures(cell["ratio"]), "", ""])
+        rows.append([*head, "ratio", *ratio_figures(cell["ratio"]), "", "", ""])
+        rows.append([*head, "+ms", *added_figures(cell["ratio"]), "", "", ""])
     return "\n".join(render(COLUMNS, rows) + cell_notes(cells))
 
 
@@ -888,6 +892,23 @@ def scale_table(cells: list[dict[str, Any]]) -> str:
             if base == "direct":
                 rows.append([*head, f"{SCALE_SHORT[mode]} +ms", *added_figures(r), "", "", "", ""])
     return "\n".join(render(SCALE_COLUMNS, rows) + cell_notes(cells))
+
+
+def wakeup_cpu_us(*, pause_s: float, wakeups: int = 100) -> dict[str, float]:
+    """The CPU an event loop (uvloop, as daphne's) spends a wakeup on this machine when it sleeps
+    `pause_s` between wakeups (one token at a time at low concurrency), and back to back: what
+    every process pays per token before doing any work."""
+
+    async def wake(pause: float) -> None:
+        for _ in range(wakeups):
+            await asyncio.sleep(pause)
+
+    figures = {}
+    for name, pause in (("sleeping", pause_s), ("back_to_back", 0.0)):
+        before = time.process_time()
+        event_loop_runner()(wake(pause))
+        figures[name] = round((time.process_time() - before) * 1e6 / wakeups, 1)
+    return figures
 
 
 def git_revision() -> str:
@@ -1219,6 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + args.max_minutes * 60
     # Other work on the machine skews both modes; the alternation cancels drift, not noise.
     load_start = [round(x, 2) for x in os.getloadavg()]
+    wakeup = wakeup_cpu_us(pause_s=args.delay_ms / 1000)
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -1290,6 +1312,7 @@ def main(argv: list[str] | None = None) -> int:
         "revision": git_revision(),
         "machine": {
             "cpus": os.cpu_count(),
+            "wakeup_cpu_us": wakeup,
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
@@ -1313,8 +1336,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.reply_tokens} tokens a reply, {args.delay_ms:g} ms a token, "
         f"{args.rounds} round pairs a cell, {os.cpu_count()} CPUs, "
         f"load average {load_start[0]:.2f} before and {meta['load_average_end'][0]:.2f} after\n"
+        f"an event loop woken every {args.delay_ms:g} ms costs {wakeup['sleeping']:g} µs CPU a "
+        f"wakeup here ({wakeup['back_to_back']:g} µs back to back), before any work\n"
         "times in ms; tok-lat = token arrival minus its emission stamp; ratio = relay/direct; "
-        "+ms = relay minus direct"
+        "+ms = relay minus direct; clients = the simulated users' own CPU (direct: their SSE "
+        "reading)"
     )
     parts = [header]
     if args.scale != "only":
