@@ -903,12 +903,12 @@ def wakeup_cpu_us(*, pause_s: float, wakeups: int = 100) -> dict[str, float]:
         for _ in range(wakeups):
             await asyncio.sleep(pause)
 
-    figures = {}
+    costs = {}
     for name, pause in (("sleeping", pause_s), ("back_to_back", 0.0)):
         before = time.process_time()
         event_loop_runner()(wake(pause))
-        figures[name] = round((time.process_time() - before) * 1e6 / wakeups, 1)
-    return figures
+        costs[name] = round((time.process_time() - before) * 1e6 / wakeups, 1)
+    return costs
 
 
 def git_revision() -> str:
