@@ -42,4 +42,4 @@ bench: install
 # Concurrency 10 only (the scale-out rows too), under a minute: CI runs it to keep the harness
 # working (bench/results/short.json).
 bench-short: install
-	$(BIN)/python -m bench.relay --short
+	$(BIN)/python -m bench.relay --short --bare

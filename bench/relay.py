@@ -11,10 +11,18 @@ stamped with the time it was emitted) and daphne on a fresh SQLite database, exa
 - **relay**: N websocket clients speaking protocol v1 to daphne (`chat.send`, then
   `run.started`, `run.delta`..., `run.completed`): sessions, database writes, channel layer.
 
-The two modes alternate round by round (direct, relay, relay, direct, ...) so that drift
-cancels. Each cell (a concurrency and a memory setting) opens its users, warms them up with one
-unmeasured reply each (which also creates the conversations and threads), then runs the rounds;
-in every round each user sends `max(1, ceil(min_replies / N))` messages one after another.
+With `--bare`, a third mode sits between them:
+
+- **bare**: the same websocket clients against a bare relay (`bench/bare.py`): the same daphne,
+  served the same way, and the site's own backend client, but none of the product (no Django,
+  database, channel layer or batching; a frame a token). It is the floor: what daphne and the
+  backend client cost on this machine, so that relay/bare is the product's own share.
+
+The modes alternate round by round (direct, relay, relay, direct, ...; with bare: direct, bare,
+relay, relay, bare, direct, ...) so that drift cancels. Each cell (a concurrency and a memory
+setting) opens its users, warms them up with one unmeasured reply each (which also creates the
+conversations and threads), then runs the rounds; in every round each user sends
+`max(1, ceil(min_replies / N))` messages one after another.
 
 Figures, per mode: time to first token (send to the first token's arrival) p50/p95/p99,
 whole reply (send to `run.completed` / the SSE `end`) p50/p95, tokens per second (tokens
@@ -91,7 +99,8 @@ BASE_TOKENS = len(f"You said: {PROMPT} (I can see 1 of your messages)".split(" "
 STAMP = re.compile(r"@(\d+\.\d+)")
 AI_CHUNK_TYPES = frozenset({"AIMessageChunk", "ai"})
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-MODES = ("direct", "relay")
+MODES = ("direct", "bare", "relay")  # bare: only with --bare
+BARE_APP = "bench.bare:application"
 
 
 class HarnessError(RuntimeError):
@@ -448,12 +457,15 @@ def migrate(env: dict[str, str]) -> None:
         raise HarnessError(f"migrate failed:\n{result.stdout}{result.stderr}")
 
 
-def daphne_spawn(env: dict[str, str], *, name: str, workdir: Path) -> Daphne:
+def daphne_spawn(env: dict[str, str], *, name: str, workdir: Path, application: str = "") -> Daphne:
     port = free_port()
     log_path = workdir / f"{name}.log"
+    command = daphne_command(host=HOST, port=port)
+    if application:
+        command[-1] = application
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            daphne_command(host=HOST, port=port),
+            command,
             cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     return Daphne(name=name, process=process, port=port, log_path=log_path)
@@ -765,7 +777,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 COLUMNS = [
-    ("conc", 5), ("memory", 6), ("mode", 6), ("replies", 7),
+    ("conc", 5), ("memory", 6), ("mode", 10), ("replies", 7),
     ("ttft p50", 9), ("p95", 8), ("p99", 8), ("reply p50", 9), ("p95", 8),
     ("tok/s", 8), ("tok-lat p50", 11), ("p95", 8), ("errors", 6),
     ("daphne ms CPU/tok", 17), ("daphne peak RSS MiB", 19), ("clients ms CPU/tok", 18),
@@ -827,15 +839,24 @@ def table(cells: list[dict[str, Any]]) -> str:
     rows = []
     for cell in cells:
         head = [str(cell["concurrency"]), "on" if cell["memory"] else "off"]
-        for mode in MODES:
+        for mode in (mode for mode in MODES if mode in cell):
             s = cell[mode]
-            relay = mode == "relay"
+            relay = mode != "direct"
             rows.append([
                 *head, mode, *figures(s),
                 fmt(s["daphne_cpu_ms_per_token"], 3) if relay else "",
                 fmt(s["daphne_peak_rss_mib"]) if relay else "",
                 fmt(s["client_cpu_ms_per_token"], 3),
             ])  # fmt: skip
+        if "bare_ratio" in cell:
+            bare = cell["bare_ratio"]
+            cpu = ratio(
+                cell["relay"]["daphne_cpu_ms_per_token"], cell["bare"]["daphne_cpu_ms_per_token"]
+            )
+            rows.append([*head, "bare/dir", *ratio_figures(bare), "", "", ""])
+            rows.append([*head, "bare +ms", *added_figures(bare), "", "", ""])
+            rows.append([*head, "relay/bare", *ratio_figures(ratios(cell["bare"], cell["relay"])),
+                         fmt(cpu, 2), "", ""])  # fmt: skip
         rows.append([*head, "ratio", *ratio_figures(cell["ratio"]), "", "", ""])
         rows.append([*head, "+ms", *added_figures(cell["ratio"]), "", "", ""])
     return "\n".join(render(COLUMNS, rows) + cell_notes(cells))
@@ -974,6 +995,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1_000_000,
         help="CHAT_RATE_LIMIT for the benchmark's daphne (still checked)",
     )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="a third mode in the main cells: a bare relay (bench/bare.py: the same daphne and "
+        "backend client, none of the product), the floor under the relay's figures",
+    )
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between rounds")
     parser.add_argument("--reply-timeout", type=float, default=60.0)
     parser.add_argument(
@@ -1097,6 +1124,16 @@ def run_main_rows(
         Target("direct", relay=False, daphne_pids=pids),
         Target("relay", relay=True, ws_url=daphne.ws_url, origin=daphne.origin, daphne_pids=pids),
     ]
+    if args.bare:
+        bare = daphne_spawn(env, name="daphne-bare", workdir=workdir, application=BARE_APP)
+        cleanup.callback(daphne_stop, bare)
+        daphne_wait(bare)
+        log(f"bare relay {bare.origin} (pid {bare.pid})")
+        targets.insert(
+            1,
+            Target("bare", relay=True, ws_url=bare.ws_url, origin=bare.origin,
+                   daphne_pids=(bare.pid,)),
+        )  # fmt: skip
     try:
         cells = event_loop_runner()(
             run_cells(
@@ -1113,6 +1150,8 @@ def run_main_rows(
         daphne_stop(daphne)  # not beside the scale-out rows' processes
     for cell in cells:
         cell["ratio"] = ratios(cell["direct"], cell["relay"])
+        if "bare" in cell:
+            cell["bare_ratio"] = ratios(cell["direct"], cell["bare"])
         del cell["modes"]
     return cells
 
@@ -1291,6 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, group, modes in (("", cells, MODES), ("scale-out ", scale_cells, None))
         for cell in group
         for mode in modes or cell["modes"]
+        if mode in cell
     ]
     broken = [name for name, summary in summaries if summary["completed"] == 0]
     # Why replies failed, from the servers' own logs.
@@ -1342,6 +1382,12 @@ def main(argv: list[str] | None = None) -> int:
         "+ms = relay minus direct; clients = the simulated users' own CPU (direct: their SSE "
         "reading)"
     )
+    if args.bare:
+        header += (
+            "\nbare = a bare relay (bench/bare.py: the same daphne and backend client, none of the "
+            "product); bare/dir and relay/bare are ratios as ratio is; relay/bare's CPU column "
+            "is the ratio of daphne's CPU a token"
+        )
     parts = [header]
     if args.scale != "only":
         parts.append(table(cells) if cells else "(no cell completed)")
