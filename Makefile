@@ -34,10 +34,11 @@ lint: install
 clean:
 	rm -rf $(VENV) staticfiles test-results .pytest_cache .ruff_cache
 
-# The relay against going direct (issue 7), then one daphne against two behind a local HAProxy
-# on PostgreSQL and Redis (issue 8): prints the tables, writes bench/results/latest.json.
+# The relay against going direct and against a bare relay, the floor (issue 7), then one daphne
+# against two behind a local HAProxy on PostgreSQL and Redis (issue 8): prints the tables,
+# writes bench/results/latest.json.
 bench: install
-	$(BIN)/python -m bench.relay
+	$(BIN)/python -m bench.relay --bare
 
 # Concurrency 10 only (the scale-out rows too), under a minute: CI runs it to keep the harness
 # working (bench/results/short.json).
