@@ -3,10 +3,11 @@
 `python -m bench.relay --bare` serves this ASGI app with `chatsite.serve`, exactly as the site
 is served (uvloop, the same daphne settings), and measures it as a third mode beside direct and
 the relay. It speaks just enough of protocol v1 for the benchmark's clients: `chat.send` starts
-a stream from the backend with the site's own client (`runs.backend.RunBackend`: its HTTP
-clients, its sockets, httpx-sse), and every token goes out as its own `run.delta` frame the
-moment it is read. No Django, sessions, database, channel layer, batching or snapshots. With
-memory on, each socket keeps one backend thread.
+a stream from the backend with the site's own client (`runs.backend.get_backend()`, configured
+from the site's settings: its HTTP clients, its sockets, httpx-sse), and every token goes out as
+its own `run.delta` frame the moment it is read. Nothing else of the site: no Django app,
+sessions, database, channel layer, batching or snapshots. With memory on, each socket keeps one
+backend thread.
 
 What it costs against going direct is what daphne and the backend client cost on the machine;
 what the relay costs beyond it is the product's own share.
@@ -16,40 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
 from typing import Any
 
 import orjson
 
-from runs.backend import BackendConfig, RunBackend, RunStarted, TextDelta
-
-_backend: RunBackend | None = None
-
-
-def _backend_get() -> RunBackend:
-    global _backend
-    if _backend is None:
-        _backend = RunBackend(
-            BackendConfig(
-                url=os.environ["LANGGRAPH_URL"],
-                api_key="",
-                assistant_id="agent",
-                connect_timeout=3.0,
-                read_timeout=60.0,
-                write_timeout=10.0,
-                pool_timeout=10.0,
-                wait_timeout=120.0,
-                stream_clients=16,
-                max_connections=500,
-                keepalive_expiry=4.0,
-            )
-        )
-    return _backend
+from runs.backend import RunStarted, TextDelta, get_backend
 
 
 async def _relay(send: Any, frame: dict[str, Any], *, threads: dict[str, str]) -> None:
-    backend = _backend_get()
+    backend = get_backend()
     thread_id = None
     conversation = frame.get("conversation") or uuid.uuid4().hex
     if frame.get("memory"):

@@ -19,13 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 WEBSOCKET_MAX_BYTES = 256 * 1024
 
 
-def daphne_command(*, host: str, port: int) -> list[str]:
+def daphne_command(
+    *, host: str, port: int, application: str = "chatsite.asgi:application"
+) -> list[str]:
     return [
         sys.executable, "-m", "chatsite.serve",
         "-b", host, "-p", str(port),
         "--websocket-max-message-size", str(WEBSOCKET_MAX_BYTES),
         "--websocket-max-frame-size", str(WEBSOCKET_MAX_BYTES),
-        "chatsite.asgi:application",
+        application,
     ]  # fmt: skip
 
 
