@@ -8,7 +8,12 @@ of `langgraph-runtime-inmem` it was tested with (`PATCHED_RUNTIME_VERSIONS`); on
 version the server runs unpatched and says so.
 
 `EmbeddedBackend` starts that server as a child process on a free port; `make run`, the tests
-and the benchmark all use it.
+and the benchmark all use it. The server keeps what it stores (threads, runs, checkpoints) in
+`.langgraph_api/` in its working directory, its data directory: `make run`'s is the repository,
+where the assistant's memory outlives a restart; any other backend's is by default a temporary
+directory of its own (the benchmark's is its work directory), so tests and benchmarks never load
+or overwrite `make run`'s store (two servers sharing one lose data: each writes its whole store
+over the file, and the last to stop wins).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 
 import httpx
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCHED_RUNTIME_VERSIONS = frozenset({"0.36.7"})
@@ -104,16 +111,45 @@ def patch_queue_wakeup() -> bool:
     return True
 
 
+def config_for(data_dir: Path) -> Path:
+    """The `langgraph.json` to serve from `data_dir`: the repository's, or, elsewhere, a copy
+    written there whose paths point back into the repository (`langgraph dev` resolves them
+    against its working directory)."""
+    if data_dir.resolve() == ROOT:
+        return ROOT / "langgraph.json"
+    config = orjson.loads((ROOT / "langgraph.json").read_bytes())
+    config["dependencies"] = [str(ROOT / dep) for dep in config.get("dependencies", [])]
+    for name, spec in config["graphs"].items():
+        path, _, attribute = spec.rpartition(":")
+        if path.endswith(".py"):  # a file, not a module name
+            config["graphs"][name] = f"{ROOT / path}:{attribute}"
+    if isinstance(config.get("env"), str):
+        config["env"] = str(ROOT / config["env"])
+    path = data_dir / "langgraph.json"
+    path.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
+    return path
+
+
 @dataclass
 class EmbeddedBackend:
-    """A `langgraph dev` child process serving agent/ on 127.0.0.1."""
+    """A `langgraph dev` child process serving agent/ on 127.0.0.1.
+
+    `data_dir` is where it keeps what it stores; by default a temporary directory of its own,
+    kept across its restarts and removed when the program exits."""
 
     port: int = field(default_factory=free_port)
     model: str = "echo"
     env: dict[str, str] = field(default_factory=dict)
     jobs: int = 64
     log_path: Path | None = None
+    data_dir: Path | None = None
     process: subprocess.Popen | None = None
+    _own_dir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.data_dir is None:
+            self._own_dir = tempfile.TemporaryDirectory(prefix="chatsite-backend-")
+            self.data_dir = Path(self._own_dir.name)
 
     @property
     def url(self) -> str:
@@ -130,6 +166,7 @@ class EmbeddedBackend:
         command = [
             sys.executable, "-m", "agent.server",
             "--port", str(self.port), "--n-jobs-per-worker", str(self.jobs),
+            "--data-dir", str(self.data_dir),
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -181,8 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=2024)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--n-jobs-per-worker", type=int, default=64)
+    parser.add_argument(
+        "--data-dir", type=Path, default=ROOT, help="where the server keeps what it stores"
+    )
     args = parser.parse_args(argv)
-    os.chdir(ROOT)
+    config = config_for(args.data_dir)
+    os.chdir(args.data_dir)
     if patch_queue_wakeup():
         print("agent.server: queue wake-up patch applied", flush=True)
     else:
@@ -198,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             "dev", "--no-browser", "--no-reload",
             "--host", args.host, "--port", str(args.port),
             "--n-jobs-per-worker", str(args.n_jobs_per_worker),
-            "--config", str(ROOT / "langgraph.json"),
+            "--config", str(config),
         ],
         prog_name="langgraph",
         standalone_mode=True,

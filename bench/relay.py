@@ -418,7 +418,11 @@ def backend_start(args: argparse.Namespace, workdir: Path) -> EmbeddedBackend:
         "AGENT_ECHO_STAMP": "1",
     }
     backend = EmbeddedBackend(
-        model="echo", env=backend_env, jobs=args.jobs, log_path=workdir / "langgraph.log"
+        model="echo",
+        env=backend_env,
+        jobs=args.jobs,
+        log_path=workdir / "langgraph.log",
+        data_dir=workdir,
     )
     try:
         backend.start(timeout=120)

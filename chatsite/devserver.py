@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"Starting the embedded run backend (model: {model}; log: {log_path}) ...", flush=True
         )
-        backend = EmbeddedBackend(model=model, log_path=log_path).start()
+        # Its store in the repository (.langgraph_api/): the assistant's memory outlives a restart.
+        backend = EmbeddedBackend(model=model, log_path=log_path, data_dir=ROOT).start()
         os.environ["LANGGRAPH_URL"] = backend.url
         print(f"Run backend ready at {backend.url}", flush=True)
     else:

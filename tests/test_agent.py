@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from langchain_core.messages import AIMessageChunk
 
 from agent.graph import build_graph
 from agent.models import EchoChatModel, LocalChatModel, chat_model_from_env
+from agent.server import EmbeddedBackend
+from tests.conftest import LOG_DIR
 
 
 def stream_tokens(graph, text: str) -> list[str]:
@@ -62,3 +65,36 @@ def test_the_embedded_backend_runs_with_the_queue_wakeup_patch(langgraph):
 
     assert metadata.version("langgraph-runtime-inmem") in PATCHED_RUNTIME_VERSIONS
     assert "queue wake-up patch applied" in langgraph.log_path.read_text()
+
+
+def _remembered(backend: EmbeddedBackend, thread_id: str) -> list[str]:
+    response = httpx.get(f"{backend.url}/threads/{thread_id}/state", timeout=10)
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    return [m["content"] for m in response.json()["values"]["messages"] if m["type"] == "human"]
+
+
+def test_each_embedded_backend_keeps_its_own_memory_across_its_restarts(tmp_path):
+    """The assistant's memory of a conversation outlives a restart of `make run`'s backend, and
+    another backend started meanwhile (a test run's, the benchmark's) neither sees it nor, by
+    stopping last and writing its own store, wipes it out."""
+    LOG_DIR.mkdir(exist_ok=True)
+    mine = EmbeddedBackend(data_dir=tmp_path, log_path=LOG_DIR / "langgraph-store-mine.log")
+    other = EmbeddedBackend(log_path=LOG_DIR / "langgraph-store-other.log")
+    try:
+        mine.start()
+        other.start()
+        thread_id = httpx.post(f"{mine.url}/threads", json={}, timeout=10).json()["thread_id"]
+        run = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
+        httpx.post(
+            f"{mine.url}/threads/{thread_id}/runs/wait", json=run, timeout=30
+        ).raise_for_status()
+        mine.stop()
+        assert _remembered(other, thread_id) == []
+        other.stop()
+        mine.start()
+        assert _remembered(mine, thread_id) == ["hi"]
+    finally:
+        mine.stop()
+        other.stop()
