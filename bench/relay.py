@@ -88,7 +88,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from agent.server import EmbeddedBackend, free_port, process_group_stop
-from chatsite.devserver import daphne_command
+from chatsite.devserver import SITE_APPLICATION, daphne_command
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -100,7 +100,6 @@ STAMP = re.compile(r"@(\d+\.\d+)")
 AI_CHUNK_TYPES = frozenset({"AIMessageChunk", "ai"})
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MODES = ("direct", "bare", "relay")  # bare: only with --bare
-SITE_APP = "chatsite.asgi:application"
 BARE_APP = "bench.bare:application"
 
 
@@ -463,7 +462,7 @@ def migrate(env: dict[str, str]) -> None:
 
 
 def daphne_spawn(
-    env: dict[str, str], *, name: str, workdir: Path, application: str = SITE_APP
+    env: dict[str, str], *, name: str, workdir: Path, application: str = SITE_APPLICATION
 ) -> Daphne:
     port = free_port()
     log_path = workdir / f"{name}.log"

@@ -17,11 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Frames above this close the socket with 1009; every smaller frame gets an answer.
 WEBSOCKET_MAX_BYTES = 256 * 1024
+SITE_APPLICATION = "chatsite.asgi:application"
 
 
-def daphne_command(
-    *, host: str, port: int, application: str = "chatsite.asgi:application"
-) -> list[str]:
+def daphne_command(*, host: str, port: int, application: str = SITE_APPLICATION) -> list[str]:
     return [
         sys.executable, "-m", "chatsite.serve",
         "-b", host, "-p", str(port),
