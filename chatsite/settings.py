@@ -101,7 +101,9 @@ if REDIS_URL:
             # CPU per relayed token; 2 ms of added token latency instead of 9). Nothing is
             # queued for a socket that is gone, which suits deltas: a socket that comes back
             # asks for a snapshot.
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # Its publishes pipelined (runs.layers): a quarter less daphne CPU a relayed token
+            # at 100 chats on PostgreSQL and Redis.
+            "BACKEND": "runs.layers.PipelinedRedisPubSubChannelLayer",
             "CONFIG": {
                 # redis-py 8 reads with a 5 s socket timeout by default; the layer's reader
                 # waits on its own short timeout, so the client needs none.

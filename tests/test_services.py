@@ -370,9 +370,9 @@ async def test_on_redis_tokens_that_arrive_during_a_publish_go_out_together_in_o
     monkeypatch,
 ):
     """A Redis send takes a round trip: tokens that arrive meanwhile make one frame, not a queue."""
-    from channels_redis.pubsub import RedisPubSubChannelLayer
+    from runs.layers import PipelinedRedisPubSubChannelLayer
 
-    layer = RedisPubSubChannelLayer(hosts=[REDIS], prefix=f"test-{uuid.uuid4().hex}")
+    layer = PipelinedRedisPubSubChannelLayer(hosts=[REDIS], prefix=f"test-{uuid.uuid4().hex}")
     monkeypatch.setattr(services, "get_channel_layer", lambda: layer)
     live = services.LiveRun(
         run_id=uuid.uuid4(),
