@@ -100,9 +100,8 @@ if REDIS_URL:
             # script and a blocking pop per message (measured at 10 chats: a fifth less daphne
             # CPU per relayed token; 2 ms of added token latency instead of 9). Nothing is
             # queued for a socket that is gone, which suits deltas: a socket that comes back
-            # asks for a snapshot.
-            # Its publishes pipelined (runs.layers): a quarter less daphne CPU a relayed token
-            # at 100 chats on PostgreSQL and Redis.
+            # asks for a snapshot. channels-redis's layer with its publishes pipelined
+            # (runs.layers): a quarter less daphne CPU a relayed token at 100 chats.
             "BACKEND": "runs.layers.PipelinedRedisPubSubChannelLayer",
             "CONFIG": {
                 # redis-py 8 reads with a 5 s socket timeout by default; the layer's reader

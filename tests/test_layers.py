@@ -63,7 +63,7 @@ async def test_redis_group_sends_made_together_reach_every_member_in_order_in_fe
 
 
 @needs_redis
-async def test_a_redis_send_to_one_channel_arrives(monkeypatch):
+async def test_a_redis_send_to_one_channel_arrives():
     layer = redis_layer()
     try:
         channel = await layer.new_channel()
