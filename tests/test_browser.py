@@ -552,6 +552,35 @@ def test_rename_shows_in_every_tab_and_keeps_the_list_order(new_context, site):
     expect(second.get_by_role("heading", level=1)).to_have_text("Older, renamed")
 
 
+def test_a_long_title_ends_in_an_ellipsis_inside_the_conversation_list(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    text = "Plan a week of dinners for four with a shopping list"
+    chat(page, text, number=1, seen=1)
+    link = (
+        page.get_by_role("navigation", name="Conversations")
+        .locator("#conversation-list")
+        .get_by_role("link")
+    )
+    expect(link).to_have_attribute("title", text)  # the whole title on hover
+    fit = link.evaluate(
+        """link => {
+            const sidebar = link.closest('.sidebar');
+            return {
+                linkRight: link.getBoundingClientRect().right,
+                sidebarRight: sidebar.getBoundingClientRect().right,
+                sidebarScrolls: sidebar.scrollWidth > sidebar.clientWidth,
+                textCut: link.scrollWidth > link.clientWidth,
+                ellipsis: getComputedStyle(link).textOverflow,
+            };
+        }"""
+    )
+    assert fit["linkRight"] <= fit["sidebarRight"], fit
+    assert not fit["sidebarScrolls"], fit
+    assert fit["textCut"] and fit["ellipsis"] == "ellipsis", fit
+    shot(page, "07e-long-title")
+
+
 def test_signing_in_or_out_in_another_tab_brings_this_tab_along_with_its_draft(
     new_context, site, workdir
 ):
