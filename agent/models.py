@@ -53,18 +53,43 @@ class _StreamingChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        text = "".join(
-            chunk.message.content
-            for chunk in self._stream(messages, stop=stop, run_manager=run_manager, **kwargs)
+        chunks = list(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
+        text = "".join(chunk.message.content for chunk in chunks)
+        metadata = chunks[-1].message.response_metadata if chunks else {}
+        message = AIMessage(content=text, response_metadata=dict(metadata))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    @staticmethod
+    def _chunk(token: str, finish_reason: str | None) -> ChatGenerationChunk:
+        """One streamed chunk. The last one of a reply cut at the length limit says so
+        (`finish_reason` "length", as OpenAI's models and llama.cpp put it)."""
+        metadata = {"finish_reason": finish_reason} if finish_reason else {}
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content=token, response_metadata=metadata)
         )
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
     def _emit(
-        self, token: str, run_manager: CallbackManagerForLLMRun | None
+        self,
+        token: str,
+        run_manager: CallbackManagerForLLMRun | None,
+        *,
+        finish_reason: str | None = None,
     ) -> ChatGenerationChunk:
-        chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+        chunk = self._chunk(token, finish_reason)
         if run_manager is not None:
             run_manager.on_llm_new_token(token, chunk=chunk)
+        return chunk
+
+    async def _aemit(
+        self,
+        token: str,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        *,
+        finish_reason: str | None = None,
+    ) -> ChatGenerationChunk:
+        chunk = self._chunk(token, finish_reason)
+        if run_manager is not None:
+            await run_manager.on_llm_new_token(token, chunk=chunk)
         return chunk
 
 
@@ -77,12 +102,14 @@ class EchoChatModel(_StreamingChatModel):
     ``AGENT_ECHO_DELAY_MS`` waits before each token (slow streams); ``AGENT_ECHO_EXTRA_TOKENS``
     pads the reply with that many more tokens (a fixed reply length for benchmarks);
     ``AGENT_ECHO_STAMP=1`` ends every token with ``@<unix time>`` so that a client can measure
-    how long each token took to reach it.
+    how long each token took to reach it; ``AGENT_ECHO_MAX_TOKENS`` stops the reply after that
+    many tokens, as a real model stops at its length limit, and says so in its last chunk.
     """
 
     delay_seconds: float = 0.0
     extra_tokens: int = 0
     stamp: bool = False
+    max_tokens: int = 0  # no limit
 
     @property
     def _llm_type(self) -> str:
@@ -98,6 +125,12 @@ class EchoChatModel(_StreamingChatModel):
         tokens += [f" w{index}" for index in range(self.extra_tokens)]
         return tokens
 
+    def _tokens_and_finish(self, messages: list[BaseMessage]) -> tuple[list[str], str | None]:
+        tokens = self.reply_tokens(messages)
+        if self.max_tokens and len(tokens) > self.max_tokens:
+            return tokens[: self.max_tokens], "length"
+        return tokens, None
+
     def _stamped(self, token: str) -> str:
         """With AGENT_ECHO_STAMP, the token ends with the time it is emitted."""
         return f"{token}@{time.time():.6f} " if self.stamp else token
@@ -109,10 +142,13 @@ class EchoChatModel(_StreamingChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for token in self.reply_tokens(messages):
+        tokens, finish_reason = self._tokens_and_finish(messages)
+        for token in tokens:
             if self.delay_seconds:
                 time.sleep(self.delay_seconds)
             yield self._emit(self._stamped(token), run_manager)
+        if finish_reason:
+            yield self._emit("", run_manager, finish_reason=finish_reason)
 
     async def _astream(
         self,
@@ -122,14 +158,13 @@ class EchoChatModel(_StreamingChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         # Native async, so hundreds of slow benchmark streams need no worker thread each.
-        for token in self.reply_tokens(messages):
+        tokens, finish_reason = self._tokens_and_finish(messages)
+        for token in tokens:
             if self.delay_seconds:
                 await asyncio.sleep(self.delay_seconds)
-            token = self._stamped(token)
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(token, chunk=chunk)
-            yield chunk
+            yield await self._aemit(self._stamped(token), run_manager)
+        if finish_reason:
+            yield await self._aemit("", run_manager, finish_reason=finish_reason)
 
 
 def smollm2_model_path() -> Path:
@@ -193,10 +228,15 @@ class LocalChatModel(_StreamingChatModel):
                 temperature=self.temperature,
                 stop=stop,
             )
+            finish_reason = None
             for part in stream:
-                token = part["choices"][0]["delta"].get("content")
+                choice = part["choices"][0]
+                token = choice["delta"].get("content")
                 if token:
                     yield self._emit(token, run_manager)
+                finish_reason = choice.get("finish_reason") or finish_reason
+            if finish_reason == "length":
+                yield self._emit("", run_manager, finish_reason=finish_reason)
 
 
 def _prompt_tokens(llama: Any, chat: list[dict[str, str]]) -> int:
@@ -211,6 +251,7 @@ def chat_model_from_env() -> BaseChatModel:
             delay_seconds=_env_float("AGENT_ECHO_DELAY_MS", 0.0) / 1000,
             extra_tokens=_env_int("AGENT_ECHO_EXTRA_TOKENS", 0),
             stamp=os.environ.get("AGENT_ECHO_STAMP", "") in {"1", "true", "yes"},
+            max_tokens=_env_int("AGENT_ECHO_MAX_TOKENS", 0),
         )
     if name == "local":
         return LocalChatModel(max_tokens=_env_int("AGENT_LOCAL_MAX_TOKENS", 256))

@@ -40,6 +40,10 @@ MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
 STREAM_MODES = ["messages-tuple"]
 _AI_CHUNK_TYPES = frozenset({"AIMessageChunk", "ai"})
 _JSON = {"Content-Type": "application/json"}
+# How chat models say, in a message's `response_metadata`, that they stopped at their length
+# limit: `finish_reason` "length" (OpenAI, llama.cpp) or "MAX_TOKENS" (Google), `stop_reason`
+# "max_tokens" (Anthropic).
+_LENGTH_LIMITS = frozenset({"length", "max_tokens", "MAX_TOKENS"})
 
 # Checkpoints of one run read back to find where it began: a run of agent/'s graph writes three
 # (its input, then one a step), so ten leave room for a graph with a few more.
@@ -64,7 +68,12 @@ class TextDelta:
     text: str
 
 
-StreamEvent = RunStarted | TextDelta
+@dataclass(frozen=True, slots=True)
+class ReplyCut:
+    """The model stopped at its length limit: the reply ends there, unfinished."""
+
+
+StreamEvent = RunStarted | TextDelta | ReplyCut
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,7 @@ class WaitResult:
     thread_id: str | None
     reply: str
     messages: list[BackendMessage]
+    cut: bool = False  # the reply stopped at the model's length limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +155,14 @@ def _content_text(content: Any) -> str:
             part.get("text", "") if isinstance(part, dict) else str(part) for part in content
         )
     return ""
+
+
+def _cut_at_length_limit(message: dict[str, Any]) -> bool:
+    metadata = message.get("response_metadata")
+    return isinstance(metadata, dict) and (
+        metadata.get("finish_reason") in _LENGTH_LIMITS
+        or metadata.get("stop_reason") in _LENGTH_LIMITS
+    )
 
 
 def _messages_of(values: Any) -> list[BackendMessage]:
@@ -413,6 +431,8 @@ class RunBackend:
                         delta = _content_text(chunk.get("content"))
                         if delta:
                             yield TextDelta(delta)
+                        if chunk.get("response_metadata") and _cut_at_length_limit(chunk):
+                            yield ReplyCut()
                 elif event == "metadata":
                     payload = _loads(sse.data)
                     if not isinstance(payload, dict) or "run_id" not in payload:
@@ -477,6 +497,11 @@ class RunBackend:
             raise MalformedStream()
         messages = _messages_of(values)
         replies = [m for m in messages if m.role == "assistant"]
+        raw_replies = [
+            raw
+            for raw in values.get("messages") or []
+            if isinstance(raw, dict) and raw.get("type") in _AI_CHUNK_TYPES
+        ]
         run_id = thread = None
         # The server names the run it made in Content-Location: /threads/{t}/runs/{r}.
         location = response.headers.get("content-location", "")
@@ -488,6 +513,7 @@ class RunBackend:
             thread_id=thread_id or thread,
             reply=replies[-1].text if replies else "",
             messages=messages,
+            cut=bool(raw_replies) and _cut_at_length_limit(raw_replies[-1]),
         )
 
     async def run_cancel(self, *, thread_id: str, run_id: str, wait: bool = False) -> None:

@@ -35,7 +35,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from runs import sql
-from runs.backend import RunStarted, TextDelta, get_backend
+from runs.backend import ReplyCut, RunStarted, TextDelta, get_backend
 from runs.db import db_batched, db_call
 from runs.exceptions import (
     Busy,
@@ -69,6 +69,7 @@ MEMORY_LOST_NOTICE = (
     "The assistant's earlier memory of this conversation was gone from the backend, "
     "so it started a fresh memory with this message."
 )
+REPLY_CUT_NOTICE = "The reply reached the assistant's length limit, so it stops here."
 
 
 # Frames and groups.
@@ -598,6 +599,10 @@ class LiveRun:
         """`announce` on the event loop's next turn: behind the other requests in line."""
         asyncio.get_running_loop().call_soon(self.announce)
 
+    def notice_add(self, text: str) -> None:
+        if text not in self.notice:
+            self.notice = f"{self.notice} {text}".strip()
+
     def delta_add(self, text: str) -> None:
         self.pending.append(text)
         if self.flush_handle is not None or not self.announced:
@@ -887,6 +892,8 @@ async def _relay(live: LiveRun) -> None:
                     if live.first_token_at is None:
                         live.first_token_at = timezone.now()
                     live.delta_add(event.text)
+                elif type(event) is ReplyCut:
+                    live.notice_add(REPLY_CUT_NOTICE)
                 elif type(event) is RunStarted:
                     live.announce()  # should the request's trace not have told
                     live.backend_run_id = event.run_id
@@ -981,6 +988,8 @@ async def _run_wait(started: StartedRun) -> WaitOutcome:
         live.first_token_at = timezone.now()
         live.backend_run_id = result.run_id or ""
         live.parts = [result.reply]
+        if result.cut:
+            live.notice_add(REPLY_CUT_NOTICE)
 
     final = await _run_to_end(live, wait)
     if final is None:

@@ -58,6 +58,14 @@ def langgraph_slow() -> Iterator[EmbeddedBackend]:
     backend.stop()
 
 
+@pytest.fixture(scope="session")
+def langgraph_short() -> Iterator[EmbeddedBackend]:
+    """The echo model stopping at its length limit after four tokens, as a real model does."""
+    backend = _start("short", AGENT_ECHO_MAX_TOKENS="4")
+    yield backend
+    backend.stop()
+
+
 @pytest.fixture
 def backend_url(settings, langgraph) -> str:
     settings.LANGGRAPH_URL = langgraph.url
@@ -68,6 +76,12 @@ def backend_url(settings, langgraph) -> str:
 def slow_backend_url(settings, langgraph_slow) -> str:
     settings.LANGGRAPH_URL = langgraph_slow.url
     return langgraph_slow.url
+
+
+@pytest.fixture
+def short_backend_url(settings, langgraph_short) -> str:
+    settings.LANGGRAPH_URL = langgraph_short.url
+    return langgraph_short.url
 
 
 @pytest.fixture

@@ -42,6 +42,29 @@ def test_echo_options_pad_and_stamp(monkeypatch):
     assert all("@" in token for token in tokens)
 
 
+def test_echo_stops_at_its_length_limit_and_says_so_streamed_or_not(monkeypatch):
+    monkeypatch.setenv("AGENT_MODEL", "echo")
+    monkeypatch.setenv("AGENT_ECHO_MAX_TOKENS", "3")
+    graph = build_graph(chat_model_from_env())
+    chunks = [
+        chunk
+        for chunk, _metadata in graph.stream(
+            {"messages": [{"role": "user", "content": "hello there"}]}, stream_mode="messages"
+        )
+        if isinstance(chunk, AIMessageChunk)
+    ]
+    assert "".join(chunk.content for chunk in chunks) == "You said: hello "
+    reasons = [chunk.response_metadata.get("finish_reason") for chunk in chunks]
+    # Said once, after the last token (LangChain may add an empty closing chunk of its own).
+    assert [reason for reason in reasons if reason] == ["length"]
+    assert not "".join(chunk.content for chunk in chunks[reasons.index("length") :])
+    reply = graph.invoke({"messages": [{"role": "user", "content": "hello there"}]})
+    assert reply["messages"][-1].content == "You said: hello "
+    assert reply["messages"][-1].response_metadata.get("finish_reason") == "length"
+    whole = build_graph(EchoChatModel()).invoke({"messages": [{"role": "user", "content": "hi"}]})
+    assert not whole["messages"][-1].response_metadata.get("finish_reason")
+
+
 def test_unknown_model_is_refused(monkeypatch):
     monkeypatch.setenv("AGENT_MODEL", "gpt-99")
     with pytest.raises(ValueError, match="AGENT_MODEL"):
@@ -54,6 +77,22 @@ def test_real_smollm2_streams_tokens_through_the_graph():
     tokens = stream_tokens(graph, "Say hello.")
     assert len(tokens) >= 2, tokens
     assert "".join(tokens).strip()
+
+
+@pytest.mark.model
+def test_real_smollm2_says_when_it_stops_at_its_token_limit():
+    graph = build_graph(LocalChatModel(max_tokens=4, temperature=0.0))
+    chunks = [
+        chunk
+        for chunk, _metadata in graph.stream(
+            {"messages": [{"role": "user", "content": "Tell me a long story about a ship."}]},
+            stream_mode="messages",
+        )
+        if isinstance(chunk, AIMessageChunk)
+    ]
+    assert "".join(chunk.content for chunk in chunks).strip()
+    reasons = [chunk.response_metadata.get("finish_reason") for chunk in chunks]
+    assert [reason for reason in reasons if reason] == ["length"]
 
 
 def test_the_embedded_backend_runs_with_the_queue_wakeup_patch(langgraph):

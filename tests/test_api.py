@@ -55,6 +55,13 @@ def test_api_memory_off_each_reply_sees_one_message(client, backend_url):
     assert Conversation.objects.get(pk=first["conversation"]).thread_id == ""
 
 
+def test_api_a_reply_cut_at_the_length_limit_says_so(client, short_backend_url):
+    done = say(client, "tell me everything", memory=False)
+    assert done["reply"]["text"] == "You said: tell me "
+    assert done["reply"]["status"] == "completed"
+    assert done["reply"]["notice"] == services.REPLY_CUT_NOTICE
+
+
 def test_api_regenerates_the_last_reply_in_its_place_and_in_the_memory(client, backend_url):
     conv = say(client, "one", memory=True)["conversation"]
     old = say(client, "two", memory=True, conversation=conv)["reply"]

@@ -12,6 +12,7 @@ from langgraph_sdk import get_client
 from runs.backend import (
     BackendConfig,
     ForkPoint,
+    ReplyCut,
     RunBackend,
     RunStarted,
     TextDelta,
@@ -37,10 +38,15 @@ async def collect(backend: RunBackend, **kwargs) -> tuple[RunStarted, str]:
         async for event in events:
             if isinstance(event, RunStarted):
                 started = event
-            else:
+            elif isinstance(event, TextDelta):
                 text += event.text
     assert started is not None
     return started, text
+
+
+async def events_of(backend: RunBackend, **kwargs) -> list:
+    async with aclosing(backend.run_stream(**kwargs)) as events:
+        return [event async for event in events]
 
 
 async def test_stateless_stream_sees_one_message(backend_url):
@@ -53,11 +59,9 @@ async def test_stateless_stream_sees_one_message(backend_url):
 
 
 async def test_stream_yields_one_delta_per_token(backend_url):
-    deltas = []
-    async with aclosing(get_backend().run_stream(text="one two")) as events:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                deltas.append(event.text)
+    events = await events_of(get_backend(), text="one two")
+    assert ReplyCut() not in events  # the reply ended by itself
+    deltas = [event.text for event in events if isinstance(event, TextDelta)]
     assert deltas == [
         "You ",
         "said: ",
@@ -76,6 +80,7 @@ async def test_stream_yields_one_delta_per_token(backend_url):
 async def test_stateless_wait_sees_one_message(backend_url):
     result = await get_backend().run_wait(text="hello")
     assert result.reply == "You said: hello (I can see 1 of your messages)"
+    assert result.cut is False
     assert seen_count((await get_backend().run_wait(text="again")).reply) == 1
 
 
@@ -135,6 +140,21 @@ async def test_a_thread_rewound_to_before_a_run_forgets_it_and_all_after(backend
         await backend.thread_fork_point(thread_id=thread_id, run_id=second.run_id)
     with pytest.raises(ThreadNotFound):
         await backend.thread_rewind(thread_id=thread_id, checkpoint_id=fork.checkpoint_id)
+
+
+async def test_a_reply_that_reaches_the_length_limit_says_so(short_backend_url):
+    backend = get_backend()
+    events = await events_of(backend, text="one two three")
+    assert isinstance(events[0], RunStarted)
+    assert [e.text for e in events if isinstance(e, TextDelta)] == [
+        "You ",
+        "said: ",
+        "one ",
+        "two ",
+    ]
+    assert events[-1] == ReplyCut() and events.count(ReplyCut()) == 1
+    result = await backend.run_wait(text="one two three")
+    assert result.reply == "You said: one two " and result.cut is True
 
 
 async def test_deleted_thread_is_not_found(backend_url):
@@ -278,6 +298,27 @@ async def test_only_ai_chunks_become_deltas():
     )
     _, text = await collect(backend, text="x")
     assert text == "hi"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param('{"finish_reason": "length"}', id="openai"),
+        pytest.param('{"stop_reason": "max_tokens"}', id="anthropic"),
+        pytest.param('{"finish_reason": "MAX_TOKENS"}', id="google"),
+    ],
+)
+async def test_models_that_stop_at_their_length_limit_are_heard(metadata):
+    def chunk(content: str, response_metadata: str) -> tuple[str, str]:
+        message = f'[{{"type": "AIMessageChunk", "content": "{content}", '
+        return "messages", message + f'"response_metadata": {response_metadata}}}, {{}}]'
+
+    started = ("metadata", '{"run_id": "r-1"}')
+    cut = mocked(lambda request: sse(started, chunk("so far", "{}"), chunk("", metadata)))
+    events = await events_of(cut, text="x")
+    assert events[1:] == [TextDelta("so far"), ReplyCut()]
+    stopped = mocked(lambda request: sse(started, chunk("done", '{"finish_reason": "stop"}')))
+    assert ReplyCut() not in await events_of(stopped, text="x")
 
 
 @pytest.mark.parametrize(

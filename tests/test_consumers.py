@@ -285,6 +285,22 @@ async def test_a_stranger_cannot_watch_cancel_or_send_into_a_conversation(
     assert (await conversation(conv)).memory is True
 
 
+@pytest.mark.parametrize("memory", [False, True], ids=["memory-off", "memory-on"])
+async def test_a_reply_cut_at_the_length_limit_is_saved_and_says_so(
+    short_backend_url, socket_factory, memory
+):
+    socket = await socket_factory()
+    done = await socket.chat("tell me everything", memory=memory)
+    assert done["type"] == "run.completed" and done["message"]["status"] == "completed"
+    assert done["message"]["text"] == "You said: tell me "
+    assert done["message"]["notice"] == services.REPLY_CUT_NOTICE
+    await socket.send({"type": "conversation.watch", "conversation": done["conversation"]})
+    snapshot, _ = await socket.until("conversation.snapshot")
+    assert snapshot["messages"][-1]["notice"] == services.REPLY_CUT_NOTICE
+    run = await Run.objects.aget(pk=done["run"])
+    assert run.status == Run.Status.COMPLETED and run.notice == services.REPLY_CUT_NOTICE
+
+
 async def test_snapshot_lists_the_transcript_oldest_first(backend_url, socket_factory):
     cookie = await database_sync_to_async(session_cookie_for)()
     socket = await socket_factory(cookie)
