@@ -552,7 +552,7 @@ def test_rename_shows_in_every_tab_and_keeps_the_list_order(new_context, site):
     expect(second.get_by_role("heading", level=1)).to_have_text("Older, renamed")
 
 
-def test_a_long_title_ends_in_an_ellipsis_inside_the_conversation_list(new_page, site):
+def test_a_long_title_fits_the_conversation_list_and_the_header(new_page, site):
     page = new_page()
     page.goto(site.url)
     text = "Plan a week of dinners for four with a shopping list"
@@ -579,6 +579,21 @@ def test_a_long_title_ends_in_an_ellipsis_inside_the_conversation_list(new_page,
     assert not fit["sidebarScrolls"], fit
     assert fit["textCut"] and fit["ellipsis"] == "ellipsis", fit
     shot(page, "07e-long-title")
+
+    # A window too narrow for the title and the controls side by side, not yet a phone's:
+    # the controls go below the title, and nothing is pushed off the page.
+    for width in (1000, 800):
+        page.set_viewport_size({"width": width, "height": 700})
+        header = page.evaluate(
+            """() => ({
+                pageWidth: document.documentElement.scrollWidth,
+                titleWidth: document.querySelector('#chat-title').clientWidth,
+                deleteRight: document.querySelector('#delete').getBoundingClientRect().right,
+            })"""
+        )
+        assert header["pageWidth"] <= width and header["deleteRight"] <= width, header
+        assert header["titleWidth"] >= 300, header
+    shot(page, "07f-long-title-narrow-window")
 
 
 def test_signing_in_or_out_in_another_tab_brings_this_tab_along_with_its_draft(
