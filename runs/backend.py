@@ -86,6 +86,7 @@ class Thread:
 class BackendMessage:
     role: str  # "user", "assistant", "system" or "tool"
     text: str
+    cut: bool = False  # the model stopped it at its length limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +174,9 @@ def _messages_of(values: Any) -> list[BackendMessage]:
         if isinstance(raw, dict):
             messages.append(
                 BackendMessage(
-                    role=_role(str(raw.get("type", ""))), text=_content_text(raw.get("content"))
+                    role=_role(str(raw.get("type", ""))),
+                    text=_content_text(raw.get("content")),
+                    cut=_cut_at_length_limit(raw),
                 )
             )
     return messages
@@ -497,11 +500,6 @@ class RunBackend:
             raise MalformedStream()
         messages = _messages_of(values)
         replies = [m for m in messages if m.role == "assistant"]
-        raw_replies = [
-            raw
-            for raw in values.get("messages") or []
-            if isinstance(raw, dict) and raw.get("type") in _AI_CHUNK_TYPES
-        ]
         run_id = thread = None
         # The server names the run it made in Content-Location: /threads/{t}/runs/{r}.
         location = response.headers.get("content-location", "")
@@ -513,7 +511,7 @@ class RunBackend:
             thread_id=thread_id or thread,
             reply=replies[-1].text if replies else "",
             messages=messages,
-            cut=bool(raw_replies) and _cut_at_length_limit(raw_replies[-1]),
+            cut=replies[-1].cut if replies else False,
         )
 
     async def run_cancel(self, *, thread_id: str, run_id: str, wait: bool = False) -> None:

@@ -814,7 +814,7 @@ async def _on_backend(live: LiveRun, attempt: Callable[[str | None], Awaitable[N
         if thread_id is None:
             raise
         # The thread was deleted behind the site's back: say so, and start a new memory.
-        live.notice = MEMORY_LOST_NOTICE
+        live.notice_add(MEMORY_LOST_NOTICE)
         live.thread_id = await _thread_new(live, lost=True)
         await attempt(live.thread_id)
 
