@@ -152,6 +152,16 @@ def slow_site(langgraph_slow: EmbeddedBackend, template_db, workdir) -> Iterator
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def short_site(langgraph_short: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]:
+    """The site on the echo model that stops at its length limit after four tokens."""
+    server = fresh_site(
+        "short", backend_url=langgraph_short.url, template_db=template_db, workdir=workdir
+    )
+    yield server.start()
+    server.stop()
+
+
 @pytest.fixture
 def down_site(
     langgraph: EmbeddedBackend, template_db, workdir
@@ -799,6 +809,31 @@ def test_a_failed_reply_shows_a_banner_and_retry_asks_again_in_its_place(new_pag
     expect(page.locator("#transcript li.message.user")).to_have_count(1)
     expect(banner).to_be_hidden()
     expect(message_box(page)).to_be_focused()
+
+
+def test_a_reply_cut_at_the_length_limit_ends_with_a_note_saying_so(new_page, short_site):
+    page = new_page()
+    page.goto(short_site.url)
+    say(page, "tell me everything")
+    reply = replies(page).last
+    expect(reply.locator(".body")).to_have_text("You said: tell me")
+    note = reply.locator(".notice")
+    expect(note).to_have_text("The reply reached the assistant's length limit, so it stops here.")
+    shot(page, "12-cut-reply")
+
+    def reads_as_a_note_after_the_text() -> None:
+        body, notice = reply.locator(".body").bounding_box(), note.bounding_box()
+        assert notice["y"] >= body["y"] + body["height"], "the note follows the reply's text"
+        # Not an error: the run completed, so the note is in the muted colour of the message's
+        # own details (its time), not the red of a failure.
+        colour = note.evaluate("node => getComputedStyle(node).color")
+        assert colour == reply.locator("time").evaluate("node => getComputedStyle(node).color")
+        expect(reply.locator(".status")).to_have_count(0)
+
+    reads_as_a_note_after_the_text()
+    page.reload()  # the server's page says the same, in the same place
+    expect(note).to_have_text("The reply reached the assistant's length limit, so it stops here.")
+    reads_as_a_note_after_the_text()
 
 
 def test_copy_buttons_and_code_blocks(new_context, site):

@@ -192,11 +192,13 @@ function messageElement(message) {
   if (message.role === "assistant") actions.append(feedbackButtons(message.feedback));
   meta.append(actions);
   item.append(meta);
-  if (message.notice) item.append(el("p", "notice", message.notice));
   if (message.status === "failed" && message.error) item.append(el("p", "notice error-detail", message.error.message));
   const body = el("div", "body");
   body.innerHTML = message.html; // sanitized on the server
   item.append(body);
+  // What the run says of the reply (cut at the length limit, a fresh memory) is a note on it,
+  // not an error: it follows the text, where a cut reply stops.
+  if (message.notice) item.append(el("p", "notice", message.notice));
   enhance(item);
   return item;
 }
