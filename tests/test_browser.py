@@ -134,32 +134,29 @@ def template_db(workdir) -> Path:
     return path
 
 
+def serving(name: str, backend_url: str, *, template_db: Path, workdir: Path) -> Iterator[LiveSite]:
+    """A fresh site on that backend, for a fixture to yield from; stopped after."""
+    server = fresh_site(name, backend_url=backend_url, template_db=template_db, workdir=workdir)
+    yield server.start()
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def site(langgraph: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]:
     """The site on the fast echo model."""
-    server = fresh_site("fast", backend_url=langgraph.url, template_db=template_db, workdir=workdir)
-    yield server.start()
-    server.stop()
+    yield from serving("fast", langgraph.url, template_db=template_db, workdir=workdir)
 
 
 @pytest.fixture(scope="module")
 def slow_site(langgraph_slow: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]:
     """The site on the slow echo model: a reply streams for about 4 s."""
-    server = fresh_site(
-        "slow", backend_url=langgraph_slow.url, template_db=template_db, workdir=workdir
-    )
-    yield server.start()
-    server.stop()
+    yield from serving("slow", langgraph_slow.url, template_db=template_db, workdir=workdir)
 
 
 @pytest.fixture(scope="module")
 def short_site(langgraph_short: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]:
     """The site on the echo model that stops at its length limit after four tokens."""
-    server = fresh_site(
-        "short", backend_url=langgraph_short.url, template_db=template_db, workdir=workdir
-    )
-    yield server.start()
-    server.stop()
+    yield from serving("short", langgraph_short.url, template_db=template_db, workdir=workdir)
 
 
 @pytest.fixture
