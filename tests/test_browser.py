@@ -816,7 +816,7 @@ def test_a_reply_cut_at_the_length_limit_ends_with_a_note_saying_so(new_page, sh
     expect(reply.locator(".body")).to_have_text("You said: tell me")
     note = reply.locator(".notice")
     expect(note).to_have_text("The reply reached the assistant's length limit, so it stops here.")
-    shot(page, "12-cut-reply")
+    shot(page, "12b-cut-reply")
 
     def reads_as_a_note_after_the_text() -> None:
         body, notice = reply.locator(".body").bounding_box(), note.bounding_box()
