@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent.server import EmbeddedBackend, free_port
+from runs import services
 from tests.live import LiveSite, manage, site_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -815,7 +816,7 @@ def test_a_reply_cut_at_the_length_limit_ends_with_a_note_saying_so(new_page, sh
     reply = replies(page).last
     expect(reply.locator(".body")).to_have_text("You said: tell me")
     note = reply.locator(".notice")
-    expect(note).to_have_text("The reply reached the assistant's length limit, so it stops here.")
+    expect(note).to_have_text(services.REPLY_CUT_NOTICE)
     shot(page, "12b-cut-reply")
 
     def reads_as_a_note_after_the_text() -> None:
@@ -829,7 +830,7 @@ def test_a_reply_cut_at_the_length_limit_ends_with_a_note_saying_so(new_page, sh
 
     reads_as_a_note_after_the_text()
     page.reload()  # the server's page says the same, in the same place
-    expect(note).to_have_text("The reply reached the assistant's length limit, so it stops here.")
+    expect(note).to_have_text(services.REPLY_CUT_NOTICE)
     reads_as_a_note_after_the_text()
 
 
