@@ -292,10 +292,11 @@ class DirectUser:
 
 
 class RelayUser:
-    def __init__(self, *, url: str, origin: str, memory: bool) -> None:
+    def __init__(self, *, url: str, origin: str, memory: bool, cookie: str | None = None) -> None:
         self.url = url
         self.origin = origin
         self.memory = memory
+        self.cookie = cookie  # a signed-in account's session (`--signed-in`)
         self.conversation: str | None = None
         self.ws: ClientConnection | None = None
 
@@ -308,6 +309,7 @@ class RelayUser:
             open_timeout=30,
             close_timeout=2,
             max_size=2**20,
+            additional_headers={"Cookie": self.cookie} if self.cookie else None,
         )
 
     async def close(self) -> None:
@@ -397,6 +399,8 @@ class Target:
     # The relay's daphne processes (for direct: those of the cell, idle, as a baseline).
     daphne_pids: tuple[int, ...] = ()
     balancer_pids: tuple[int, ...] = ()
+    # Session cookies of signed-in accounts, one a user (`--signed-in`); none: anonymous visitors.
+    cookies: tuple[str, ...] = ()
 
 
 def wait_port(port: int, *, process: subprocess.Popen, timeout: float, log: Path) -> None:
@@ -459,6 +463,18 @@ def migrate(env: dict[str, str]) -> None:
     )  # fmt: skip
     if result.returncode != 0:
         raise HarnessError(f"migrate failed:\n{result.stdout}{result.stderr}")
+
+
+def accounts_sign_in(env: dict[str, str], *, count: int) -> tuple[str, ...]:
+    """`count` accounts, each signed in on a session of its own: their `Cookie` headers."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.accounts", str(count)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise HarnessError(f"signing accounts in failed:\n{result.stdout}{result.stderr}")
+    signed_in = orjson.loads(result.stdout)
+    return tuple(f"{signed_in['cookie']}={key}" for key in signed_in["sessions"])
 
 
 def daphne_spawn(
@@ -670,10 +686,15 @@ async def run_cell(
     modes = [target.mode for target in targets]
     users: dict[str, list[Any]] = {
         target.mode: [
-            RelayUser(url=target.ws_url, origin=target.origin, memory=memory)
+            RelayUser(
+                url=target.ws_url,
+                origin=target.origin,
+                memory=memory,
+                cookie=target.cookies[index] if target.cookies else None,
+            )
             if target.relay
             else DirectUser(url=backend.url, memory=memory, timeout=args.reply_timeout)
-            for _ in range(concurrency)
+            for index in range(concurrency)
         ]
         for target in targets
     }
@@ -1001,6 +1022,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a third mode in the main cells: a bare relay (bench/bare.py: the same daphne and "
         "backend client, none of the product), the floor under the relay's figures",
     )
+    parser.add_argument(
+        "--signed-in",
+        action="store_true",
+        help="the relay's users in the main cells are signed-in accounts, each on a session of "
+        "its own (default: anonymous visitors)",
+    )
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between rounds")
     parser.add_argument("--reply-timeout", type=float, default=60.0)
     parser.add_argument(
@@ -1120,10 +1147,12 @@ def run_main_rows(
     daphne_wait(daphne)
     log(f"daphne {daphne.origin} (pid {daphne.pid})")
     pids = (daphne.pid,)
+    cookies = accounts_sign_in(env, count=max(args.concurrency)) if args.signed_in else ()
     targets = [
         Target("direct", relay=False, daphne_pids=pids),
-        Target("relay", relay=True, ws_url=daphne.ws_url, origin=daphne.origin, daphne_pids=pids),
-    ]
+        Target("relay", relay=True, ws_url=daphne.ws_url, origin=daphne.origin, daphne_pids=pids,
+               cookies=cookies),
+    ]  # fmt: skip
     if args.bare:
         bare = daphne_spawn(env, name="daphne-bare", workdir=workdir, application=BARE_APP)
         cleanup.callback(daphne_stop, bare)
@@ -1372,6 +1401,7 @@ def main(argv: list[str] | None = None) -> int:
             "channel_layer": "redis" if os.environ.get("REDIS_URL") else "in-memory",
             "database": "sqlite (fresh file)",
             "django_debug": False,
+            "relay_users": "signed-in accounts" if args.signed_in else "anonymous visitors",
         },
         "failure": failure,
         "broken": broken,
@@ -1394,6 +1424,8 @@ def main(argv: list[str] | None = None) -> int:
             "product); bare/dir and relay/bare are ratios as ratio is; relay/bare's CPU column "
             "is the ratio of daphne's CPU a token"
         )
+    if args.signed_in:
+        header += "\nthe relay's users are signed-in accounts, each on a session of its own"
     parts = [header]
     if args.scale != "only":
         parts.append(table(cells) if cells else "(no cell completed)")

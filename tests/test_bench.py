@@ -1,0 +1,29 @@
+"""The benchmark's own parts that the product's figures depend on."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from django.contrib.auth.models import User
+
+from bench.accounts import accounts_sign_in
+from runs.models import Conversation
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_the_signed_in_benchmark_users_chat_as_their_own_accounts(
+    backend_url, socket_factory
+):
+    """`bench.relay --signed-in` measures signed-in users only if the sessions it makes sign
+    them in: a session Django refused would leave the socket an anonymous visitor's."""
+    signed_in = await database_sync_to_async(accounts_sign_in)(2)
+    owners = []
+    for key in signed_in["sessions"]:
+        socket = await socket_factory(f"{signed_in['cookie']}={key}")
+        done = await socket.chat("hello", memory=False)
+        assert done["type"] == "run.completed"
+        owners.append((await Conversation.objects.aget(pk=done["conversation"])).owner_id)
+    accounts = [user async for user in User.objects.filter(pk__in=owners)]
+    assert len(accounts) == 2, owners  # two accounts, neither of them anonymous
+    assert not any(account.has_usable_password() for account in accounts)
