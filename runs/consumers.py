@@ -7,7 +7,6 @@ import functools
 import logging
 import uuid
 from collections import Counter
-from importlib import import_module
 from typing import Any
 
 import orjson
@@ -17,13 +16,11 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth import get_user
-from django.http import HttpRequest
 
 from runs import services
 from runs.db import db_call
-from runs.exceptions import ChatError, InvalidRequest, RateLimited, UnknownType
-from runs.selectors import conversation_get
+from runs.exceptions import ChatError, InvalidRequest, RateLimited, SignedOut, UnknownType
+from runs.selectors import conversation_get, session_signs_in
 from runs.wire import json_object_parse
 
 logger = logging.getLogger(__name__)
@@ -110,17 +107,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if _open_sockets[self.owner.identity] <= 0:
                 del _open_sockets[self.owner.identity]
 
+    def _signed_in_session(self) -> str | None:
+        """For a signed-in owner, the key of the session this socket was opened with, which must
+        still sign them in for a frame to act; None for a visitor."""
+        if self.owner.user_id is None:
+            return None
+        return self.scope["session"].session_key or ""
+
     def _still_signed_in(self) -> bool:
-        """False once the session this socket was opened with has been signed out, has expired,
-        or was ended by a change of the account's password."""
-        session_key = self.scope["session"].session_key
-        if not session_key:
-            return False
-        # Django's own check of a request's session (the password hash included), on a fresh
-        # read of this socket's session.
-        request = HttpRequest()
-        request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-        return get_user(request).pk == self.owner.user_id
+        return session_signs_in(
+            session_key=self.scope["session"].session_key or "", user_id=self.owner.user_id
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """AsyncConsumer.__call__ with a leaner loop. Channels starts a task and an
@@ -175,20 +172,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise InvalidRequest(
                     f"`client_id` must be a string of at most {CLIENT_ID_MAX_CHARS} characters."
                 )
-            if self.owner.user_id is not None and not await db_call(self._still_signed_in)():
-                await self.send_error(
-                    ChatError("You were signed out. Sign in again to go on.", code="signed_out"),
-                    client_id=client_id,
-                )
-                await self.close(code=4401)
-                return
             kind = frame.get("type")
+            if (
+                self.owner.user_id is not None
+                and kind not in self.STARTS_CHECKING_THE_SESSION
+                and not await db_call(self._still_signed_in)()
+            ):
+                raise SignedOut()
             if not isinstance(kind, str):
                 raise InvalidRequest("A frame must have a string `type`.")
             handler = self.FRAME_HANDLERS.get(kind)
             if handler is None:
                 raise UnknownType(f"Unknown frame type {kind[:40]!r}.")
             await handler(self, frame, client_id)
+        except SignedOut as exc:
+            await self.send_error(exc, client_id=client_id)
+            await self.close(code=4401)
         except ChatError as exc:
             await self.send_error(exc, client_id=client_id)
         except Exception:
@@ -227,6 +226,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             text=frame["text"],
             memory=memory,
             client_id=client_id,
+            signed_in_session=self._signed_in_session(),
         )
         await self.launch(started)
 
@@ -238,6 +238,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             message_id=_uuid_field(frame, "message", required=False),
             text=frame.get("text"),
             client_id=client_id,
+            signed_in_session=self._signed_in_session(),
         )
         await self.launch(started)
 
@@ -308,6 +309,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             message_id=message_id,
             feedback=frame["feedback"],
         )
+
+    # These check the session in the call that saves their message (a trip to the database
+    # thread fewer); every other frame of a signed-in socket checks it before it acts.
+    STARTS_CHECKING_THE_SESSION = ("chat.send", "chat.regenerate")
 
     FRAME_HANDLERS = {
         "chat.send": on_chat_send,

@@ -122,6 +122,13 @@ class NoReply(ChatError):
     default_message = "Nothing to regenerate or edit yet: the last message has no reply."
 
 
+class SignedOut(ChatError):
+    """The session a socket was opened with no longer signs its user in."""
+
+    code = "signed_out"
+    default_message = "You were signed out. Sign in again to go on."
+
+
 class RateLimited(ChatError):
     code = "rate_limited"
     default_message = "Too many messages. Wait a moment and try again."

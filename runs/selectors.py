@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import HttpRequest
 from django.urls import reverse
 
 from runs.exceptions import InvalidRequest, NoReply, NotFound
@@ -37,6 +41,17 @@ class Owner:
         if self.user_id is not None:
             return {"owner_id": self.user_id, "session_key": ""}
         return {"owner_id": None, "session_key": self.session_key}
+
+
+def session_signs_in(*, session_key: str, user_id: int) -> bool:
+    """False once the session `session_key` has been signed out, has expired, or was ended by a
+    change of the account's password: Django's own check of a request's session (the password
+    hash included), on a fresh read of it."""
+    if not session_key:
+        return False
+    request = HttpRequest()
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    return get_user(request).pk == user_id
 
 
 def conversation_queryset(*, owner: Owner) -> QuerySet[Conversation]:

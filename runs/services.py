@@ -45,6 +45,7 @@ from runs.exceptions import (
     NotFound,
     RateLimited,
     RunConflict,
+    SignedOut,
     TextTooLong,
     ThreadNotFound,
 )
@@ -56,6 +57,7 @@ from runs.selectors import (
     conversation_to_dict,
     message_to_dict,
     reply_get,
+    session_signs_in,
     transcript_from,
     transcript_rows,
 )
@@ -392,22 +394,64 @@ def _chat_start(
     )
 
 
-async def _run_begin(save: Callable[..., StartedRun], *, owner: Owner, **fields: Any) -> StartedRun:
+def _run_save(
+    *,
+    save: Callable[..., StartedRun],
+    owner: Owner,
+    signed_in_session: str | None,
+    **fields: Any,
+) -> StartedRun | None:
+    """None, and nothing saved, when `signed_in_session` no longer signs the owner in. Not
+    raised: the check's own write (Django flushes a session whose password hash is stale) is
+    committed, and the other calls of the batch are not run again."""
+    if signed_in_session is not None and not session_signs_in(
+        session_key=signed_in_session, user_id=owner.user_id
+    ):
+        return None
+    return save(owner=owner, **fields)
+
+
+async def _run_begin(
+    save: Callable[..., StartedRun],
+    *,
+    owner: Owner,
+    signed_in_session: str | None,
+    **fields: Any,
+) -> StartedRun:
     """Saves a run's start on the database thread (`save`, with the channel of this process's
-    relays), then tells the owner's other sockets."""
+    relays), then tells the owner's other sockets. With `signed_in_session`, the session is
+    checked in the same batched call, so a signed-in sender's message costs one trip to the
+    database thread, as an anonymous one's does, and nothing is saved for a session that ended."""
     relay_channel = await relays_ensure()
-    started = await db_batched(save)(owner=owner, relay_channel=relay_channel, **fields)
+    started = await db_batched(_run_save)(
+        save=save,
+        owner=owner,
+        signed_in_session=signed_in_session,
+        relay_channel=relay_channel,
+        **fields,
+    )
+    if started is None:
+        raise SignedOut()
     await conversation_active_publish(owner=owner, conversation=started.conversation)
     return started
 
 
 async def chat_start(
-    *, owner: Owner, conversation_id: Any, text: Any, memory: bool, client_id: str | None = None
+    *,
+    owner: Owner,
+    conversation_id: Any,
+    text: Any,
+    memory: bool,
+    client_id: str | None = None,
+    signed_in_session: str | None = None,
 ) -> StartedRun:
-    """Validates and saves the user's message and a pending run, before the backend is called."""
+    """Validates and saves the user's message and a pending run, before the backend is called.
+    `signed_in_session`: the session a signed-in owner's socket was opened with, which must
+    still sign them in (else SignedOut, and nothing is saved)."""
     return await _run_begin(
         _chat_start,
         owner=owner,
+        signed_in_session=signed_in_session,
         conversation_id=conversation_id,
         text=message_text_clean(text=text),
         memory=memory,
@@ -497,15 +541,17 @@ async def chat_regenerate(
     message_id: uuid.UUID | None = None,
     text: Any = None,
     client_id: str | None = None,
+    signed_in_session: str | None = None,
 ) -> StartedRun:
     """Asks again from one of the user's messages (`message_id`; by default the last, which
     must have a reply): a new run on that message, as it was sent (remembered or not), in
     place of its reply and of everything after it; with `text`, the message is first edited
     to say it. What is replaced is kept for review but leaves the transcript and the
-    assistant's memory."""
+    assistant's memory. `signed_in_session` as for `chat_start`."""
     return await _run_begin(
         _chat_regenerate,
         owner=owner,
+        signed_in_session=signed_in_session,
         conversation_id=conversation_id,
         message_id=message_id,
         text=None if text is None else message_text_clean(text=text),

@@ -9,6 +9,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 
 from runs import services
 from runs.backend import get_backend
@@ -1011,9 +1012,16 @@ async def test_a_password_change_sends_the_accounts_other_browsers_away_and_keep
     # A socket of a session the next change ends, that did not hear of it, is refused at its
     # next frame.
     await user.arefresh_from_db()
-    late = await socket_factory(await database_sync_to_async(session_cookie_for)(user))
+    late_cookie = await database_sync_to_async(session_cookie_for)(user)
+    late = await socket_factory(late_cookie)
     await database_sync_to_async(user.set_password)("another-pw-for-gale-9")
     await user.asave()
     await late.send({"type": "chat.send", "text": "late", "memory": False})
     refused, frames = await late.until("error")
     assert refused["code"] == "signed_out" and len(frames) == 1, frames
+    closed = await late.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
+    assert not await Message.objects.filter(text="late").aexists(), "nothing saved"
+    # The stale session is flushed, as Django does on a request of it.
+    stale_key = late_cookie.split("=", 1)[1]
+    assert not await Session.objects.filter(session_key=stale_key).aexists()

@@ -666,19 +666,43 @@ def test_secrets_never_reach_pages_errors_or_logs(tmp_path, settings, caplog, fa
     assert smtp_password not in everything
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "conversation.watch"},
+        {"type": "chat.send", "text": "after signing out", "memory": False},
+        {"type": "chat.regenerate"},
+        {"type": "chat.regenerate", "text": "edited after signing out"},
+    ],
+    ids=["watch", "send", "regenerate", "edit"],
+)
 async def test_a_user_signed_out_elsewhere_is_refused_on_the_next_frame(
-    backend_url, socket_factory
+    backend_url, socket_factory, frame
 ):
     user = await User.objects.acreate_user("dana", password="pw-dana-12345")
     cookie = await database_sync_to_async(session_cookie_for)(user)
     socket = await socket_factory(cookie)
     done = await socket.chat("hello", memory=False)
+
+    async def transcript() -> list[tuple[str, str]]:
+        return [
+            (message.role, message.text)
+            async for message in Message.objects.filter(
+                conversation_id=done["conversation"], replaced_at__isnull=True
+            ).order_by("created_at")
+        ]
+
+    before = await transcript()
+    assert len(before) == 2
     # Signed out in another tab: the session is flushed.
     from django.contrib.sessions.models import Session
 
     await Session.objects.filter(session_key=cookie.split("=", 1)[1]).adelete()
-    await socket.send({"type": "conversation.watch", "conversation": done["conversation"]})
+    await socket.send({**frame, "conversation": done["conversation"]})
     error = await socket.receive()
     assert error["code"] == "signed_out"
     closed = await socket.communicator.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4401}
+    # Nothing was done for the old session: the transcript is as it was, and no run began.
+    assert await transcript() == before
+    assert await Run.objects.filter(conversation_id=done["conversation"]).acount() == 1
