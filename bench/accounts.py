@@ -1,6 +1,6 @@
 """Signed-in simulated users for `bench.relay --signed-in`: `python -m bench.accounts N` makes N
-accounts in the database of DJANGO_SETTINGS_MODULE / DATABASE_URL, signs each in on a session of
-its own as Django's `login()` would, and prints the session cookie's name and the N keys as JSON.
+accounts in the database of DJANGO_SETTINGS_MODULE / DATABASE_URL, signs each in with Django's
+`login()` on a session of its own, and prints the session cookie's name and the N keys as JSON.
 
 The accounts have no usable password: nobody can sign in with them, and their sessions end with
 the run's database."""
@@ -19,13 +19,9 @@ def accounts_sign_in(count: int) -> dict[str, object]:
 
     django.setup()
     from django.conf import settings
-    from django.contrib.auth import (
-        BACKEND_SESSION_KEY,
-        HASH_SESSION_KEY,
-        SESSION_KEY,
-        get_user_model,
-    )
+    from django.contrib.auth import get_user_model, login
     from django.contrib.auth.hashers import make_password
+    from django.http import HttpRequest
     from django.utils.module_loading import import_string
 
     session_store = import_string(f"{settings.SESSION_ENGINE}.SessionStore")
@@ -38,12 +34,11 @@ def accounts_sign_in(count: int) -> dict[str, object]:
     )
     keys = []
     for user in users:
-        session = session_store()
-        session[SESSION_KEY] = user._meta.pk.value_to_string(user)
-        session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
-        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-        session.create()
-        keys.append(session.session_key)
+        request = HttpRequest()
+        request.session = session_store()
+        login(request, user)
+        request.session.save()
+        keys.append(request.session.session_key)
     return {"cookie": settings.SESSION_COOKIE_NAME, "sessions": keys}
 
 

@@ -465,7 +465,7 @@ def migrate(env: dict[str, str]) -> None:
         raise HarnessError(f"migrate failed:\n{result.stdout}{result.stderr}")
 
 
-def accounts_sign_in(env: dict[str, str], *, count: int) -> tuple[str, ...]:
+def signed_in_cookies(env: dict[str, str], *, count: int) -> tuple[str, ...]:
     """`count` accounts, each signed in on a session of its own: their `Cookie` headers."""
     result = subprocess.run(
         [sys.executable, "-m", "bench.accounts", str(count)],
@@ -1147,7 +1147,7 @@ def run_main_rows(
     daphne_wait(daphne)
     log(f"daphne {daphne.origin} (pid {daphne.pid})")
     pids = (daphne.pid,)
-    cookies = accounts_sign_in(env, count=max(args.concurrency)) if args.signed_in else ()
+    cookies = signed_in_cookies(env, count=max(args.concurrency)) if args.signed_in else ()
     targets = [
         Target("direct", relay=False, daphne_pids=pids),
         Target("relay", relay=True, ws_url=daphne.ws_url, origin=daphne.origin, daphne_pids=pids,
