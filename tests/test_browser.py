@@ -253,8 +253,11 @@ def memory_switch(page):
 
 
 def say(page, text: str) -> None:
-    """Types a message and presses Enter, as a person would."""
+    """Types a message and presses Enter, as a person would, once the page's script runs: a page
+    reached by a click has its text box before that, and Enter there only adds a line."""
     box = message_box(page)
+    box.wait_for()
+    page.wait_for_load_state("domcontentloaded")
     box.fill(text)
     box.press("Enter")
 
@@ -281,7 +284,8 @@ def sign_in(page, site, username: str, password: str) -> None:
     page.goto(f"{site.url}/accounts/login/")
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    with page.expect_navigation():  # to the page signed in, or back to this one refused
+        page.get_by_role("button", name="Sign in").click()
 
 
 def chat(page, text: str, *, number: int, seen: int) -> None:
