@@ -926,6 +926,46 @@ def test_phones_and_dark_mode(new_page, site):
     expect(page.get_by_role("link", name="New chat")).to_be_hidden()
     expect(toggle).to_be_focused()
 
+    # The conversation's actions are a menu: the title, the switch and "⋯" take one row.
+    menu = page.get_by_role("button", name="Conversation actions")
+    rename = page.locator("#rename")  # the menu's (its dialog has a Rename button too)
+    expect(rename).to_be_hidden()
+    rows = page.evaluate(
+        """() => ['#chat-title', '.switch', '#actions-toggle'].map((selector) => {
+            const box = document.querySelector(selector).getBoundingClientRect();
+            return Math.round(box.top + box.height / 2);
+        })"""
+    )
+    assert max(rows) - min(rows) <= 4, f"not one row: the middles are at {rows} px"
+    menu.click()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    expect(rename).to_be_focused()
+    for role, name in (
+        ("button", "Forget"),
+        ("link", "Download"),
+        ("link", "Share…"),
+        ("button", "Delete"),
+    ):
+        expect(page.get_by_role(role, name=name, exact=True)).to_be_visible()
+    shot(page, "chat-phone-actions", docs="phone-actions")
+    page.keyboard.press("Escape")
+    expect(rename).to_be_hidden()
+    expect(menu).to_be_focused()
+    # An action closes the menu, and focus comes back to "⋯" when its dialog closes.
+    menu.click()
+    rename.click()
+    expect(rename).to_be_hidden()
+    expect(page.locator("#rename-dialog")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.locator("#rename-dialog")).to_be_hidden()
+    expect(menu).to_be_focused()
+    # A tap anywhere else closes it too.
+    menu.click()
+    expect(rename).to_be_visible()
+    replies(page).last.locator(".body").click()
+    expect(rename).to_be_hidden()
+    expect(menu).to_have_attribute("aria-expanded", "false")
+
     page.emulate_media(color_scheme="dark")
     shot(page, "chat-phone-dark", docs="phone-dark")
 

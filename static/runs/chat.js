@@ -25,6 +25,8 @@ const shareLink = $("share");
 const deleteDialog = $("delete-dialog");
 const deleteForm = $("delete-form");
 const renameButton = $("rename");
+const actionsToggle = $("actions-toggle");
+const actionsMenu = $("conversation-actions");
 const renameDialog = $("rename-dialog");
 const renameInput = $("rename-input");
 const banner = $("banner");
@@ -388,6 +390,7 @@ function setConversation(conversation) {
   downloadLink.hidden = false;
   shareLink.href = `/c/${conversation.id}/share/`;
   shareLink.hidden = false;
+  actionsToggle.hidden = false;
   const path = `/c/${conversation.id}/`;
   if (location.pathname !== path) history.replaceState(null, "", path);
   const link = listConversation(conversation.id, conversation.title);
@@ -549,6 +552,8 @@ function dropConversation(id) {
   downloadLink.removeAttribute("href");
   shareLink.hidden = true;
   shareLink.removeAttribute("href");
+  closeActions(false);
+  actionsToggle.hidden = true;
   if (renameDialog.open) renameDialog.close();
   transcript.replaceChildren();
   if (emptyState) transcript.append(emptyState.cloneNode(true));
@@ -875,7 +880,10 @@ textBox.addEventListener("input", () => {
 
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape" || event.defaultPrevented || forgetDialog.open || deleteDialog.open || renameDialog.open) return;
-  if (document.body.classList.contains("sidebar-open")) {
+  if (actionsMenu.classList.contains("open")) {
+    closeActions(true);
+    event.preventDefault();
+  } else if (document.body.classList.contains("sidebar-open")) {
     closeSidebar(true);
     event.preventDefault();
   } else if (state.activeRun) {
@@ -1079,6 +1087,38 @@ sidebarToggle.addEventListener("click", () => {
 });
 backdrop.addEventListener("click", () => closeSidebar(true));
 narrow.addEventListener("change", () => closeSidebar(false));
+
+// On narrow screens the conversation's actions are a menu behind "⋯"; elsewhere, inline.
+
+function openActions() {
+  actionsMenu.classList.add("open");
+  actionsToggle.setAttribute("aria-expanded", "true");
+  actionsMenu.querySelector("button:not(:disabled), a:not([hidden])")?.focus();
+}
+
+function closeActions(returnFocus) {
+  if (!actionsMenu.classList.contains("open")) return;
+  actionsMenu.classList.remove("open");
+  actionsToggle.setAttribute("aria-expanded", "false");
+  if (returnFocus) actionsToggle.focus();
+}
+
+actionsToggle.addEventListener("click", () => {
+  if (actionsMenu.classList.contains("open")) closeActions(true);
+  else openActions();
+});
+// Captured, so focus is back on "⋯" before the action runs: a dialog it opens returns focus
+// there when it closes, not to a button hidden with the menu.
+actionsMenu.addEventListener("click", (event) => {
+  if (event.target.closest("button, a")) closeActions(true);
+}, true);
+actionsMenu.addEventListener("focusout", (event) => {
+  if (!actionsMenu.contains(event.relatedTarget) && event.relatedTarget !== actionsToggle) closeActions(false);
+});
+document.addEventListener("click", (event) => {
+  if (!actionsMenu.contains(event.target) && !actionsToggle.contains(event.target)) closeActions(false);
+});
+narrow.addEventListener("change", () => closeActions(false));
 
 // Start.
 
