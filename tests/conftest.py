@@ -101,18 +101,20 @@ async def channel_layer():
 
 
 def session_cookie_for(user=None) -> str:
-    """A saved session (signed in as `user` if given), as a Cookie header value."""
+    """A saved session (signed in as `user` by Django's own login, if given), as a Cookie header
+    value."""
     from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
+    from django.test import Client
 
-    session = SessionStore()
+    name = settings.SESSION_COOKIE_NAME
     if user is not None:
-        session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        client = Client()
+        client.force_login(user)
+        return f"{name}={client.cookies[name].value}"
+    session = SessionStore()
     session.save()
-    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+    return f"{name}={session.session_key}"
 
 
 class Socket:
