@@ -956,12 +956,20 @@ def test_phones_and_dark_mode(new_page, site):
     page.keyboard.press("Escape")
     expect(page.locator("#rename-dialog")).to_be_hidden()
     expect(menu).to_be_focused()
-    # A tap anywhere else closes it too.
+    # A tap anywhere else closes it too, and so does moving the focus out of it.
     menu.click()
     expect(rename).to_be_visible()
     replies(page).last.locator(".body").click()
     expect(rename).to_be_hidden()
     expect(menu).to_have_attribute("aria-expanded", "false")
+    menu.click()
+    expect(rename).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(menu).to_be_focused()
+    expect(rename).to_be_visible()
+    page.keyboard.press("Shift+Tab")
+    expect(memory_switch(page)).to_be_focused()
+    expect(rename).to_be_hidden()
 
     page.emulate_media(color_scheme="dark")
     shot(page, "chat-phone-dark", docs="phone-dark")

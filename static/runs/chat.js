@@ -1112,12 +1112,12 @@ actionsToggle.addEventListener("click", () => {
 actionsMenu.addEventListener("click", (event) => {
   if (event.target.closest("button, a")) closeActions(true);
 }, true);
-actionsMenu.addEventListener("focusout", (event) => {
-  if (!actionsMenu.contains(event.relatedTarget) && event.relatedTarget !== actionsToggle) closeActions(false);
-});
-document.addEventListener("click", (event) => {
-  if (!actionsMenu.contains(event.target) && !actionsToggle.contains(event.target)) closeActions(false);
-});
+// Focus or a tap anywhere else closes it.
+for (const type of ["focusin", "click"]) {
+  document.addEventListener(type, (event) => {
+    if (!actionsMenu.contains(event.target) && !actionsToggle.contains(event.target)) closeActions(false);
+  });
+}
 narrow.addEventListener("change", () => closeActions(false));
 
 // Start.
