@@ -974,6 +974,16 @@ def test_phones_and_dark_mode(new_page, site):
     page.emulate_media(color_scheme="dark")
     shot(page, "chat-phone-dark", docs="phone-dark")
 
+    # A new chat has nothing to act on yet: "⋯" comes with its first message.
+    page.get_by_role("button", name="Conversations").click()
+    page.get_by_role("link", name="New chat").click()
+    expect(page.locator("#chat-title")).to_have_text("New chat")
+    expect(menu).to_be_hidden()
+    chat(page, "a fresh start", number=1, seen=1)
+    expect(menu).to_be_visible()
+    menu.click()
+    expect(page.get_by_role("button", name="Delete", exact=True)).to_be_visible()
+
 
 def test_regenerate_replaces_the_last_reply_on_the_page_and_in_the_memory(new_page, site):
     page = new_page()
