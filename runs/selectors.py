@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import import_module
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from django.conf import settings
@@ -11,6 +16,7 @@ from django.contrib.auth import get_user
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils.text import slugify
 
 from runs.exceptions import InvalidRequest, NoReply, NotFound
 from runs.models import Conversation, Message, Run
@@ -171,7 +177,53 @@ def reply_get(*, conversation_id: Any, message_id: Any) -> Message:
 def conversation_markdown(*, conversation: Conversation) -> str:
     """The conversation as its transcript shows it, as a Markdown document to download: each
     message under a heading that says who, when, and whether it was remembered."""
-    messages = _shown_messages(conversation.pk).order_by("created_at")
+    return _markdown(conversation, _shown_messages(conversation.pk).order_by("created_at"))
+
+
+def conversation_file_name(*, conversation: Conversation) -> str:
+    """The name its Download saves it under."""
+    return f"{_slug(conversation)}.md"
+
+
+def conversations_markdown_zip(*, owner: Owner) -> bytes:
+    """Every conversation of the owner as its Download gives it, one Markdown file each (named
+    after its day, its title and its id, so that none overwrites another), in a zip archive.
+    Two queries, whatever the number of conversations."""
+    conversations = {
+        conversation.pk: conversation
+        for conversation in conversation_queryset(owner=owner).order_by("created_at")
+    }
+    messages = (
+        Message.objects.filter(
+            conversation__in=conversation_queryset(owner=owner).values("pk"),
+            replaced_at__isnull=True,
+        )
+        .select_related("run")
+        .order_by("conversation_id", "created_at")
+    )
+    by_conversation = {
+        conversation_id: list(shown)
+        for conversation_id, shown in groupby(messages, key=attrgetter("conversation_id"))
+    }
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as files:
+        for conversation in conversations.values():
+            entry = zipfile.ZipInfo(
+                f"{conversation.created_at:%Y-%m-%d}-{_slug(conversation)}"
+                f"-{conversation.pk.hex[:8]}.md",
+                date_time=conversation.updated_at.timetuple()[:6],
+            )
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            document = _markdown(conversation, by_conversation.get(conversation.pk, []))
+            files.writestr(entry, document)
+    return archive.getvalue()
+
+
+def _slug(conversation: Conversation) -> str:
+    return slugify(conversation.title)[:60] or "conversation"
+
+
+def _markdown(conversation: Conversation, messages: Iterable[Message]) -> str:
     lines = [f"# {conversation.title or 'Conversation'}", ""]
     for message in messages:
         who = "You" if message.role == Message.Role.USER else "Assistant"

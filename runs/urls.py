@@ -42,6 +42,7 @@ urlpatterns = [
         views.conversation_share_form,
         name="conversation_share",
     ),
+    path("download/", views.conversations_download, name="conversations_download"),
     path("s/<slug:token>/", views.shared_conversation, name="shared"),
     path("healthz", views.healthz, name="healthz"),
     path("api/chat/", api.chat, name="api_chat"),

@@ -22,9 +22,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import rotate_token
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.http import content_disposition_header
-from django.utils.text import slugify
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -46,10 +46,12 @@ from runs.middleware import session_ended_notice
 from runs.models import Conversation
 from runs.selectors import (
     Owner,
+    conversation_file_name,
     conversation_get,
     conversation_list,
     conversation_markdown,
     conversation_to_dict,
+    conversations_markdown_zip,
     shared_conversation_get,
     shared_path,
     shared_transcript_rows,
@@ -321,7 +323,20 @@ async def conversation_download(
     """The conversation as a Markdown file, named after its title."""
     document = await sync_to_async(conversation_markdown)(conversation=conversation)
     response = HttpResponse(document, content_type="text/markdown; charset=utf-8")
-    name = f"{slugify(conversation.title)[:60] or 'conversation'}.md"
+    name = conversation_file_name(conversation=conversation)
+    response["Content-Disposition"] = content_disposition_header(True, name)
+    return response
+
+
+@require_GET
+def conversations_download(request: HttpRequest) -> HttpResponse:
+    """All of the visitor's or the account's conversations, each as its Download gives it, in
+    one zip archive."""
+    if refusal := login_required_if_configured(request):
+        return refusal
+    archive = conversations_markdown_zip(owner=owner_of(request))
+    response = HttpResponse(archive, content_type="application/zip")
+    name = f"conversations-{timezone.now():%Y-%m-%d}.zip"
     response["Content-Disposition"] = content_disposition_header(True, name)
     return response
 

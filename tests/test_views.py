@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 
 import pytest
 from django.contrib.auth.models import User
@@ -425,6 +427,43 @@ def test_a_conversation_downloads_as_markdown_as_its_transcript_shows_it(client,
     assert again["text"] in document and old["id"] != again["id"]
     assert document.count("You said: **two**") == 1, "the reply it replaced is left out"
     assert Client().get(f"/c/{conv}/download/").status_code == 404, "a stranger's"
+
+
+def test_all_of_an_accounts_conversations_download_as_one_zip(client, backend_url, settings):
+    User.objects.create_user("ines", password="pw-ines-12345")
+    client.login(username="ines", password="pw-ines-12345")
+    first = say(client, "one", memory=True)["conversation"]
+    say(client, "two", memory=False, conversation=first)
+    post(client, f"/api/conversations/{first}/regenerate/")
+    second = say(client, "another", memory=False)["conversation"]
+    client.patch(
+        f"/api/conversations/{second}/", {"title": "Día 2"}, content_type="application/json"
+    )
+    stranger = Client()
+    say(stranger, "not hers", memory=False)
+    for page in ("/accounts/password/", "/accounts/delete/"):
+        assert 'href="/download/" download' in client.get(page).content.decode(), page
+
+    response = client.get("/download/")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/zip"
+    day = timezone.now().strftime("%Y-%m-%d")
+    assert response["Content-Disposition"] == f'attachment; filename="conversations-{day}.zip"'
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    names = archive.namelist()
+    assert names == [
+        f"{day}-one-{first.replace('-', '')[:8]}.md",
+        f"{day}-dia-2-{second.replace('-', '')[:8]}.md",
+    ], "oldest first, named after the day, the title and the id"
+    for name, conversation in zip(names, (first, second), strict=True):
+        alone = client.get(f"/c/{conversation}/download/").content.decode()
+        assert archive.read(name).decode() == alone, "each as its own Download saves it"
+    assert "not hers" not in str([archive.read(name) for name in names])
+    assert stranger.get("/download/").status_code == 200
+    assert len(zipfile.ZipFile(io.BytesIO(stranger.get("/download/").content)).namelist()) == 1
+
+    settings.CHAT_REQUIRE_LOGIN = True
+    assert Client().get("/download/")["Location"].startswith("/accounts/login/")
 
 
 def _share_link(client: Client, conversation: str, action: str) -> str:
