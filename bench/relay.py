@@ -578,6 +578,7 @@ async def run_round(
         "errors": sum(not reply.ok for reply in replies),
         "tokens": tokens,
         "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "ttft_p50_ms": _ms(percentile([r.ttft for r in replies if r.ttft is not None], 50)),
         "daphne_cpu_s": round(after[0] - before[0], 3),
         "backend_cpu_s": round(after[1] - before[1], 3),
         "client_cpu_s": round(after[2] - before[2], 3),
@@ -585,6 +586,10 @@ async def run_round(
     if balancer_pids:
         record["balancer_cpu_s"] = round(after[3] - before[3], 3)
     return replies, record
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def summarize(result: ModeResult) -> dict[str, Any]:
@@ -604,9 +609,7 @@ def summarize(result: ModeResult) -> dict[str, Any]:
         if not reply.ok:
             errors[reply.error] = errors.get(reply.error, 0) + 1
 
-    def ms(value: float | None) -> float | None:
-        return None if value is None else round(value * 1000, 3)
-
+    ms = _ms
     summary = {
         "replies": len(replies),
         "completed": len(ok),
@@ -755,7 +758,8 @@ async def run_cell(
             log(
                 f"{label} round {index + 1}/{len(order)} {mode:6}: "
                 f"{record['replies']} replies, {record['errors']} errors, "
-                f"{record['tokens_per_s']} tok/s, daphne {record['daphne_cpu_s']} s CPU{balancer}"
+                f"{record['tokens_per_s']} tok/s, first token p50 {record['ttft_p50_ms']} ms, "
+                f"daphne {record['daphne_cpu_s']} s CPU{balancer}"
             )
     finally:
         await asyncio.gather(*(u.close() for mode in modes for u in users[mode]))

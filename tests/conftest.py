@@ -37,9 +37,10 @@ def seen_count(reply: str) -> int:
 
 def _start(name: str, **env: str) -> EmbeddedBackend:
     LOG_DIR.mkdir(exist_ok=True)
-    return EmbeddedBackend(
-        model="echo", env=env, log_path=LOG_DIR / f"langgraph-{name}.log"
-    ).start()
+    log_path = LOG_DIR / f"langgraph-{name}.log"
+    # This session's lines only: the tests read the log for what the server said at start.
+    log_path.unlink(missing_ok=True)
+    return EmbeddedBackend(model="echo", env=env, log_path=log_path).start()
 
 
 @pytest.fixture(scope="session")
