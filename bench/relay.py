@@ -609,7 +609,6 @@ def summarize(result: ModeResult) -> dict[str, Any]:
         if not reply.ok:
             errors[reply.error] = errors.get(reply.error, 0) + 1
 
-    ms = _ms
     summary = {
         "replies": len(replies),
         "completed": len(ok),
@@ -618,10 +617,10 @@ def summarize(result: ModeResult) -> dict[str, Any]:
         "tokens": tokens,
         "tokens_per_frame": round(tokens / frames, 2) if frames else None,
         "wall_s": round(wall, 3),
-        "ttft_ms": {f"p{q}": ms(percentile(ttft, q)) for q in (50, 95, 99)},
-        "reply_ms": {f"p{q}": ms(percentile(total, q)) for q in (50, 95, 99)},
+        "ttft_ms": {f"p{q}": _ms(percentile(ttft, q)) for q in (50, 95, 99)},
+        "reply_ms": {f"p{q}": _ms(percentile(total, q)) for q in (50, 95, 99)},
         "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
-        "token_latency_ms": {f"p{q}": ms(percentile(latencies, q)) for q in (50, 95, 99)},
+        "token_latency_ms": {f"p{q}": _ms(percentile(latencies, q)) for q in (50, 95, 99)},
         "daphne_cpu_s": round(daphne_cpu, 3),
         "daphne_cpu_ms_per_token": round(daphne_cpu * 1000 / tokens, 4) if tokens else None,
         "backend_cpu_ms_per_token": round(backend_cpu * 1000 / tokens, 4) if tokens else None,
