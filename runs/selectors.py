@@ -138,19 +138,17 @@ def shared_transcript_rows(*, conversation: Conversation) -> list[dict[str, Any]
     return [message_to_dict(message, message.run) for message in messages]
 
 
-def _shown_messages(conversation_id: Any) -> QuerySet[Message]:
-    """The conversation's messages as its transcript shows them (what a regeneration or an
-    edit replaced is left out), each with its run."""
-    return Message.objects.filter(
-        conversation_id=conversation_id, replaced_at__isnull=True
-    ).select_related("run")
+def _shown_messages(**where: Any) -> QuerySet[Message]:
+    """Messages (of the conversations `where` names) as their transcripts show them (what a
+    regeneration or an edit replaced is left out), each with its run."""
+    return Message.objects.filter(replaced_at__isnull=True, **where).select_related("run")
 
 
 def transcript_from(*, conversation_id: Any, message_id: Any = None) -> list[Message]:
     """The transcript as shown, from the user's message `message_id` on (by default the last
     one, which must have a reply: NoReply otherwise); InvalidRequest when `message_id` is not
     a message of the user shown in the conversation."""
-    shown = _shown_messages(conversation_id)
+    shown = _shown_messages(conversation_id=conversation_id)
     if message_id is None:
         last = shown.order_by("-created_at").first()
         first = shown.filter(role=Message.Role.USER).order_by("-created_at").first()
@@ -167,7 +165,9 @@ def transcript_from(*, conversation_id: Any, message_id: Any = None) -> list[Mes
 def reply_get(*, conversation_id: Any, message_id: Any) -> Message:
     """One of the assistant's replies shown in the conversation; InvalidRequest otherwise."""
     reply = (
-        _shown_messages(conversation_id).filter(pk=message_id, role=Message.Role.ASSISTANT).first()
+        _shown_messages(conversation_id=conversation_id)
+        .filter(pk=message_id, role=Message.Role.ASSISTANT)
+        .first()
     )
     if reply is None:
         raise InvalidRequest("`message` must be one of the replies shown in this conversation.")
@@ -177,7 +177,9 @@ def reply_get(*, conversation_id: Any, message_id: Any) -> Message:
 def conversation_markdown(*, conversation: Conversation) -> str:
     """The conversation as its transcript shows it, as a Markdown document to download: each
     message under a heading that says who, when, and whether it was remembered."""
-    return _markdown(conversation, _shown_messages(conversation.pk).order_by("created_at"))
+    return _markdown(
+        conversation, _shown_messages(conversation_id=conversation.pk).order_by("created_at")
+    )
 
 
 def conversation_file_name(*, conversation: Conversation) -> str:
@@ -193,14 +195,9 @@ def conversations_markdown_zip(*, owner: Owner) -> bytes:
         conversation.pk: conversation
         for conversation in conversation_queryset(owner=owner).order_by("created_at")
     }
-    messages = (
-        Message.objects.filter(
-            conversation__in=conversation_queryset(owner=owner).values("pk"),
-            replaced_at__isnull=True,
-        )
-        .select_related("run")
-        .order_by("conversation_id", "created_at")
-    )
+    messages = _shown_messages(
+        conversation__in=conversation_queryset(owner=owner).values("pk")
+    ).order_by("conversation_id", "created_at")
     by_conversation = {
         conversation_id: list(shown)
         for conversation_id, shown in groupby(messages, key=attrgetter("conversation_id"))
@@ -275,5 +272,5 @@ def conversation_to_dict(conversation: Conversation) -> dict[str, Any]:
 def transcript_rows(*, conversation: Conversation) -> list[dict[str, Any]]:
     """The conversation's messages, oldest first, as protocol v1 messages (one query). What a
     regeneration or an edit replaced is left out."""
-    messages = _shown_messages(conversation.pk).order_by("created_at")
+    messages = _shown_messages(conversation_id=conversation.pk).order_by("created_at")
     return [message_to_dict(message, message.run) for message in messages]
