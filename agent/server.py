@@ -114,6 +114,13 @@ def patch_queue_wakeup() -> bool:
     return True
 
 
+def answers(url: str, *, timeout: float) -> bool:
+    """Whether the server at `url` answers its health check."""
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{url}/ok", timeout=timeout).is_success
+    return False
+
+
 def freeze_once_serving(url: str, *, timeout: float = 300.0) -> threading.Thread:
     """Once the server at `url` answers, moves what it made to start (its modules, the graph,
     about 150,000 objects) out of the garbage collector's reach, in a thread of its own.
@@ -127,9 +134,8 @@ def freeze_once_serving(url: str, *, timeout: float = 300.0) -> threading.Thread
     def serving() -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/ok", timeout=2.0).is_success:
-                    return True
+            if answers(url, timeout=2.0):
+                return True
             time.sleep(0.2)
         return False
 
@@ -218,9 +224,8 @@ class EmbeddedBackend:
                     f"the embedded backend exited with {self.process.returncode}"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/ok", timeout=1.0).is_success:
-                    return
+            if answers(self.url, timeout=1.0):
+                return
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"the embedded backend did not answer within {timeout:.0f} s")
