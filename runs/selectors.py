@@ -98,6 +98,10 @@ def conversation_list(
     return ConversationListPage(conversations=rows[:limit], offset=offset, more=len(rows) > limit)
 
 
+def conversations_exist(*, owner: Owner) -> bool:
+    return conversation_queryset(owner=owner).exists()
+
+
 def conversation_get(*, owner: Owner, conversation_id: Any) -> Conversation:
     """The caller's conversation; another's is `NotFound`, exactly like one that doesn't exist."""
     try:

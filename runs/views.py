@@ -51,6 +51,7 @@ from runs.selectors import (
     conversation_list,
     conversation_markdown,
     conversation_to_dict,
+    conversations_exist,
     conversations_markdown_zip,
     shared_conversation_get,
     shared_path,
@@ -114,8 +115,12 @@ def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse
     except ChatError as exc:
         query, offset, search_error = "", 0, exc.message
     listed = conversation_list(owner=owner, query=query, offset=offset)
+    unfiltered_first_page = not (query or offset)
     context = {
         "conversations": listed.conversations,
+        "has_conversations": bool(listed.conversations)
+        if unfiltered_first_page
+        else conversations_exist(owner=owner),
         "query": query,
         "list_offset": offset,
         "next_offset": listed.next_offset,

@@ -16,6 +16,7 @@ import shutil
 import socket
 import socketserver
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -472,11 +473,11 @@ def test_delete_asks_first_and_every_other_tab_follows(new_context, site):
     context = new_context()
     elsewhere = context.new_page()  # a tab on a new chat, opened before the conversation
     elsewhere.goto(site.url)
-    listed = elsewhere.get_by_role("navigation", name="Conversations").get_by_role("link")
+    listed_elsewhere = elsewhere.get_by_role("navigation", name="Conversations").get_by_role("link")
     first = context.new_page()
     first.goto(site.url)
     chat(first, "delete me", number=1, seen=1)
-    expect(listed).to_have_text([re.compile("New chat"), "delete me"])
+    expect(listed_elsewhere).to_have_text([re.compile("New chat"), "delete me", "Download all"])
     chat(first, "and me", number=2, seen=2)
     second = context.new_page()
     second.goto(first.url)
@@ -512,14 +513,14 @@ def test_delete_asks_first_and_every_other_tab_follows(new_context, site):
     expect(second.get_by_role("button", name="Delete")).to_be_disabled()
     expect(message_box(second)).to_have_value("a draft")
     # The tab that showed another page only loses the conversation from its list.
-    expect(listed).to_have_text([re.compile("New chat")])
+    expect(listed_elsewhere).to_have_text([re.compile("New chat")])
     expect(elsewhere.locator("#banner")).to_be_hidden()
     shot(second, "07c-deleted-elsewhere")
     message_box(second).press("Enter")
     reply_is(second, 1, echo("a draft", 1))
     expect(second).to_have_url(UUID_PATH)
     expect(second.get_by_role("button", name="Delete")).to_be_enabled()
-    expect(listed).to_have_text([re.compile("New chat"), "a draft"])
+    expect(listed).to_have_text([re.compile("New chat"), "a draft", "Download all"])
 
 
 def test_rename_shows_in_every_tab_and_keeps_the_list_order(new_context, site):
@@ -534,7 +535,7 @@ def test_rename_shows_in_every_tab_and_keeps_the_list_order(new_context, site):
     second.goto(older)
     reply_is(second, 1, echo("older one", 1))
     listed = second.get_by_role("navigation", name="Conversations").get_by_role("link")
-    expect(listed).to_have_text([re.compile("New chat"), "newer one", "older one"])
+    expect(listed).to_have_text([re.compile("New chat"), "newer one", "older one", "Download all"])
 
     rename = second.get_by_role("button", name="Rename", exact=True)
     rename.click()
@@ -555,10 +556,14 @@ def test_rename_shows_in_every_tab_and_keeps_the_list_order(new_context, site):
     expect(second.locator("#toast")).to_have_text("Renamed.")
     expect(second.get_by_role("heading", level=1)).to_have_text("Older, renamed")
     expect(second).to_have_title("Older, renamed · Chat")
-    expect(listed).to_have_text([re.compile("New chat"), "newer one", "Older, renamed"])
+    expect(listed).to_have_text(
+        [re.compile("New chat"), "newer one", "Older, renamed", "Download all"]
+    )
     # The other tab shows another conversation: only its list changes.
     others = first.get_by_role("navigation", name="Conversations").get_by_role("link")
-    expect(others).to_have_text([re.compile("New chat"), "newer one", "Older, renamed"])
+    expect(others).to_have_text(
+        [re.compile("New chat"), "newer one", "Older, renamed", "Download all"]
+    )
     expect(first.get_by_role("heading", level=1)).to_have_text("newer one")
     second.reload()
     expect(second.get_by_role("heading", level=1)).to_have_text("Older, renamed")
@@ -1179,7 +1184,7 @@ def test_a_forgotten_password_is_set_anew_from_the_link_in_the_email(new_page, s
 def test_download_saves_the_conversation_as_markdown(new_page, site):
     page = new_page()
     page.goto(site.url)
-    download = page.get_by_role("link", name="Download")
+    download = page.get_by_role("link", name="Download", exact=True)
     expect(download).to_be_hidden(), "a new chat has nothing to save yet"
     chat(page, "keep this", number=1, seen=1)
     expect(download).to_be_visible()
@@ -1193,6 +1198,36 @@ def test_download_saves_the_conversation_as_markdown(new_page, site):
 
     page.get_by_role("link", name="New chat").click()
     expect(download).to_be_hidden()
+
+
+def test_download_all_saves_every_conversation_in_one_zip(new_page, site):
+    page = new_page()
+    page.goto(site.url)
+    download_all = page.get_by_role("link", name="Download all")
+    expect(download_all).to_be_hidden(), "a new visitor has nothing to save yet"
+    chat(page, "the first", number=1, seen=1)
+    expect(download_all).to_be_visible()  # as the conversation is listed, without a reload
+    page.get_by_role("link", name="New chat").click()
+    chat(page, "the second", number=1, seen=1)
+    with page.expect_download() as saving:
+        download_all.click()
+    saved = saving.value
+    assert re.fullmatch(r"conversations-\d{4}-\d{2}-\d{2}\.zip", saved.suggested_filename)
+    with zipfile.ZipFile(saved.path()) as archive:
+        documents = [archive.read(name).decode() for name in archive.namelist()]
+    assert [document.splitlines()[0] for document in documents] == ["# the first", "# the second"]
+    assert f"\n{echo('the second', 1)}\n" in documents[1]
+
+    def delete(title: str) -> None:
+        page.get_by_role("button", name="Delete").click()
+        page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+        expect(page.locator(".banner.success")).to_have_text(f"Deleted “{title}”.")
+
+    delete("the second")
+    expect(download_all).to_be_visible(), "the first is still there to save"
+    page.get_by_role("link", name="the first").click()
+    delete("the first")
+    expect(download_all).to_be_hidden(), "nothing left to save"
 
 
 def test_a_reply_rated_in_one_tab_shows_rated_in_every_tab(new_context, site):

@@ -467,6 +467,19 @@ def test_all_of_an_accounts_conversations_download_as_one_zip(client, backend_ur
     assert Client().get("/download/")["Location"].startswith("/accounts/login/")
 
 
+def test_the_sidebar_offers_download_all_once_there_is_something_to_save(client, backend_url):
+    def offered(path: str) -> bool:
+        link = re.search(r'<a [^>]*id="download-all"[^>]*>', client.get(path).content.decode())
+        assert link is not None and 'href="/download/"' in link.group()
+        return " hidden" not in link.group()
+
+    assert not offered("/"), "a new visitor has nothing to save"
+    say(client, "something to keep", memory=False)
+    assert offered("/")
+    assert offered("/?q=nothing-matches"), "a search that finds nothing still has them all"
+    assert offered("/?offset=20"), "past the last page too"
+
+
 def _share_link(client: Client, conversation: str, action: str) -> str:
     answer = client.post(f"/c/{conversation}/share/", {"action": action})
     assert answer["Location"] == f"/c/{conversation}/share/"

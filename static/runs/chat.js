@@ -43,6 +43,7 @@ const searchBox = $("search");
 const searchError = $("search-error");
 const listHeading = $("list-heading");
 const showOlder = $("show-older");
+const downloadAll = $("download-all");
 const sidebarToggle = $("sidebar-toggle");
 const sidebar = $("sidebar");
 const backdrop = $("sidebar-backdrop");
@@ -410,7 +411,10 @@ function conversationLink(id) {
 }
 
 function markEmptyList() {
-  if (!conversationList.children.length) conversationList.append(el("li", "empty-list", state.query ? "No conversations match." : "No conversations yet."));
+  const empty = !conversationList.children.length;
+  if (empty) conversationList.append(el("li", "empty-list", state.query ? "No conversations match." : "No conversations yet."));
+  // A filtered list does not say whether there is anything to download; older ones unshown do.
+  if (!state.query) downloadAll.hidden = empty && showOlder.hidden;
 }
 
 function conversationItem(id, name) {
@@ -432,6 +436,7 @@ function listConversation(id, name) {
     const item = conversationItem(id, name);
     conversationList.prepend(item);
     link = item.firstElementChild;
+    downloadAll.hidden = false;
   }
   nameLink(link, name);
   return link;
