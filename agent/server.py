@@ -3,10 +3,9 @@
 `python -m agent.server --port PORT` runs `langgraph dev` in this process (offline, in memory,
 no reload) after one tested patch: the in-memory queue looks for new runs every 500 ms, a fixed
 sleep that adds up to half a second to every first token. The patch wakes the queue as soon as
-a run is created, one look finding a burst's runs together (`QueueWakeup`), and keeps the 500 ms
-poll as the fallback. It is applied only to the versions of `langgraph-runtime-inmem` it was
-tested with (`PATCHED_RUNTIME_VERSIONS`); on any other version the server runs unpatched and
-says so. Once it serves, what it made to start is frozen
+a run is created and keeps the 500 ms poll as the fallback. It is applied only to the versions
+of `langgraph-runtime-inmem` it was tested with (`PATCHED_RUNTIME_VERSIONS`); on any other
+version the server runs unpatched and says so. Once it serves, what it made to start is frozen
 out of the garbage collector's full passes (`freeze_once_serving`), which stalled it 70 to 80 ms
 at a time.
 
@@ -32,11 +31,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
@@ -65,61 +62,6 @@ def process_group_stop(process: subprocess.Popen, *, grace: float = 10.0) -> Non
         process.wait(timeout=5)
 
 
-class QueueWakeup:
-    """Wakes the in-memory queue when a run is created, instead of on its next 500 ms poll.
-
-    `scan` is the queue's own `Runs.next(wait=False, limit=...)`, which walks every run the
-    server holds (those of every thread, kept for good): a scan costs more the longer the server
-    has served. A burst of requests that arrive a millisecond apart, as a relay sends them once
-    each message is saved, would otherwise make two scans each; with memory on and a few
-    thousand runs stored, that cost the backend 28 % more CPU a token in the relay's rounds of a
-    100-chat benchmark cell and doubled their first tokens at p95 (docs/performance.md). So a
-    scan starts at the earliest SCAN_SPACING times its own length after the last one ended (at
-    most SCAN_DELAY_MAX later: what the scan is timed with includes whatever else the loop ran
-    meanwhile): the queue scans at most a fifth of the time, a run created after a quiet moment
-    is found at once, and one scan finds a burst's runs together."""
-
-    SCAN_SPACING = 4.0
-    SCAN_DELAY_MAX = 0.05
-
-    def __init__(self, scan: Callable[..., AsyncIterator[Any]]) -> None:
-        self._scan = scan
-        # The queue loop and the API handlers may run on different event loops (threads).
-        self._lock = threading.Lock()
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
-        self._next_scan_at = 0.0
-
-    def wake(self) -> None:
-        with self._lock:
-            waiter = self._waiter
-        if waiter is not None:
-            loop, event = waiter
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                loop.call_soon_threadsafe(event.set)
-
-    async def next(self, wait: bool, limit: int = 1) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        if wait:
-            with self._lock:
-                if self._waiter is None or self._waiter[0] is not loop:
-                    self._waiter = (loop, asyncio.Event())
-                event = self._waiter[1]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), 0.5)
-            event.clear()
-        if (delay := self._next_scan_at - loop.time()) > 0:
-            await asyncio.sleep(delay)
-        started = loop.time()
-        try:
-            async for item in self._scan(wait=False, limit=limit):
-                yield item
-        finally:
-            ended = loop.time()
-            self._next_scan_at = ended + min(
-                self.SCAN_SPACING * (ended - started), self.SCAN_DELAY_MAX
-            )
-
-
 def patch_queue_wakeup() -> bool:
     """Makes the in-memory queue start a new run at once instead of on its next 500 ms poll."""
     try:
@@ -133,16 +75,41 @@ def patch_queue_wakeup() -> bool:
     runs = ops.Runs
     if getattr(runs, "_chatsite_wakeup", False):
         return True
-    wakeup = QueueWakeup(runs.next)
+    original_next = runs.next
     original_put = runs.put
+    # The queue loop and the API handlers may run on different event loops (threads).
+    waiter: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+    lock = threading.Lock()
+
+    def wake() -> None:
+        with lock:
+            entry = waiter.get("queue")
+        if entry is not None:
+            loop, event = entry
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(event.set)
 
     async def put(*args, **kwargs):
         result = await original_put(*args, **kwargs)
-        wakeup.wake()
+        wake()
         return result
 
+    async def next_run(wait: bool, limit: int = 1):
+        if wait:
+            loop = asyncio.get_running_loop()
+            with lock:
+                entry = waiter.get("queue")
+                if entry is None or entry[0] is not loop:
+                    entry = waiter["queue"] = (loop, asyncio.Event())
+            event = entry[1]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), 0.5)
+            event.clear()
+        async for item in original_next(wait=False, limit=limit):
+            yield item
+
     runs.put = staticmethod(put)
-    runs.next = staticmethod(wakeup.next)
+    runs.next = staticmethod(next_run)
     runs._chatsite_wakeup = True
     return True
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 
@@ -12,7 +11,7 @@ from langchain_core.messages import AIMessageChunk
 
 from agent.graph import build_graph
 from agent.models import EchoChatModel, LocalChatModel, chat_model_from_env
-from agent.server import EmbeddedBackend, QueueWakeup
+from agent.server import EmbeddedBackend
 from tests.conftest import LOG_DIR
 
 
@@ -108,76 +107,6 @@ def test_the_embedded_backend_runs_with_the_queue_wakeup_patch(langgraph):
 
     assert metadata.version("langgraph-runtime-inmem") in PATCHED_RUNTIME_VERSIONS
     assert "queue wake-up patch applied" in langgraph.log_path.read_text()
-
-
-class _Queue:
-    """langgraph's queue loop over a QueueWakeup, with a scan that holds the loop for 4 ms, as
-    walking a few thousand stored runs does."""
-
-    def __init__(self) -> None:
-        self.pending: list[int] = []
-        self.started: dict[int, float] = {}
-        self.scans = 0
-        self.wakeup = QueueWakeup(self._scan)
-        self._all_started = asyncio.Event()
-        self._expected = 0
-
-    async def _scan(self, wait: bool, limit: int):
-        await asyncio.sleep(0)
-        self.scans += 1
-        time.sleep(0.004)  # noqa: ASYNC251 (the scan it stands for holds the loop too)
-        taken, self.pending[:] = self.pending[:limit], self.pending[limit:]
-        for run in taken:
-            yield run
-
-    def put(self, run: int) -> None:
-        self.pending.append(run)
-        self._expected += 1
-        self._all_started.clear()
-        self.wakeup.wake()
-
-    async def all_started(self) -> None:
-        await asyncio.wait_for(self._all_started.wait(), 10)
-
-    async def serve(self) -> None:
-        found = True
-        while True:  # as langgraph_runtime_inmem.queue: no wait right after a run was found
-            wait, found = not found, False
-            async for run in self.wakeup.next(wait=wait, limit=100):
-                self.started[run] = asyncio.get_running_loop().time()
-                found = True
-                if len(self.started) == self._expected:
-                    self._all_started.set()
-
-
-def test_the_queue_starts_a_lone_run_at_once_and_a_bursts_runs_together():
-    """A run created after a quiet moment starts without waiting for the 500 ms poll; runs
-    created a millisecond apart, as a relay's are, start after a few scans, not one or two
-    each (each scan walks every run the server holds)."""
-
-    async def scenario() -> tuple[float, _Queue]:
-        queue = _Queue()
-        loop = asyncio.get_running_loop()
-        serving = asyncio.create_task(queue.serve())
-        await asyncio.sleep(0.6)  # quiet: the queue waits on its poll
-        queue.scans = 0
-        created = loop.time()
-        queue.put(0)
-        await queue.all_started()
-        lone = queue.started[0] - created
-        await asyncio.sleep(0.6)
-        queue.scans = 0
-        for run in range(1, 41):
-            queue.put(run)
-            await asyncio.sleep(0.001)
-        await queue.all_started()
-        serving.cancel()
-        return lone, queue
-
-    lone, queue = asyncio.run(scenario())
-    assert lone < 0.1, f"a lone run waited {lone * 1000:.0f} ms"
-    assert sorted(queue.started) == list(range(41)), "every run started, once"
-    assert queue.scans <= 15, f"{queue.scans} scans for 40 runs"
 
 
 def test_the_embedded_backend_freezes_what_it_made_to_start(langgraph):
