@@ -200,6 +200,7 @@ class EmbeddedBackend:
         env.setdefault("LANGSMITH_TRACING", "false")
         env.setdefault("LANGCHAIN_TRACING_V2", "false")
         env.setdefault("LANGGRAPH_CLI_NO_ANALYTICS", "1")
+        env.setdefault("LANGGRAPH_NO_VERSION_CHECK", "true")  # else it asks pypi.org at start
         env.setdefault("PYTHONUNBUFFERED", "1")
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         command = [
