@@ -413,7 +413,8 @@ function conversationLink(id) {
 function markEmptyList() {
   const empty = !conversationList.children.length;
   if (empty) conversationList.append(el("li", "empty-list", state.query ? "No conversations match." : "No conversations yet."));
-  // A filtered list does not say whether there is anything to download; older ones unshown do.
+  // A filtered list cannot tell whether there is anything to download; unfiltered, older ones not
+  // shown yet count too.
   if (!state.query) downloadAll.hidden = empty && showOlder.hidden;
 }
 
