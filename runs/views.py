@@ -115,12 +115,13 @@ def chat_page(request: HttpRequest, conversation_id: Any = None) -> HttpResponse
     except ChatError as exc:
         query, offset, search_error = "", 0, exc.message
     listed = conversation_list(owner=owner, query=query, offset=offset)
-    unfiltered_first_page = not (query or offset)
+    # A page that lists none says the owner has none only when it is unfiltered and the first.
+    has_conversations = bool(listed.conversations) or (
+        bool(query or offset) and conversations_exist(owner=owner)
+    )
     context = {
         "conversations": listed.conversations,
-        "has_conversations": bool(listed.conversations)
-        if unfiltered_first_page
-        else conversations_exist(owner=owner),
+        "has_conversations": has_conversations,
         "query": query,
         "list_offset": offset,
         "next_offset": listed.next_offset,
