@@ -3,11 +3,13 @@
 `python -m agent.server --port PORT` runs `langgraph dev` in this process (offline, in memory,
 no reload) after one tested patch: the in-memory queue looks for new runs every 500 ms, a fixed
 sleep that adds up to half a second to every first token. The patch wakes the queue as soon as
-a run is created and keeps the 500 ms poll as the fallback. It is applied only to the versions
-of `langgraph-runtime-inmem` it was tested with (`PATCHED_RUNTIME_VERSIONS`); on any other
-version the server runs unpatched and says so. Once it serves, what it made to start is frozen
-out of the garbage collector's full passes (`freeze_once_serving`), which stalled it 70 to 80 ms
-at a time.
+a run is created and keeps the 500 ms poll as the fallback; it also makes the queue's look for
+pending runs, and a run's lookup by id, cost one walk over the stored runs or less, where the
+runtime's own code walks them all several times (`bench.walks` times both). It is applied only
+to the versions of `langgraph-runtime-inmem` it was tested with (`PATCHED_RUNTIME_VERSIONS`); on
+any other version the server runs unpatched and says so. Once it serves, what it made to start
+is frozen out of the garbage collector's full passes (`freeze_once_serving`), which stalled it
+70 to 80 ms at a time.
 
 `EmbeddedBackend` starts that server as a child process on a free port; `make run`, the tests
 and the benchmark all use it. The server keeps what it stores (threads, runs, checkpoints) in
@@ -32,6 +34,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -63,7 +66,17 @@ def process_group_stop(process: subprocess.Popen, *, grace: float = 10.0) -> Non
 
 
 def patch_queue_wakeup() -> bool:
-    """Makes the in-memory queue start a new run at once instead of on its next 500 ms poll."""
+    """Makes the in-memory queue start a new run at once instead of on its next 500 ms poll,
+    and its look for pending runs, and a run's lookup by id, cheap however many runs it stores.
+
+    The runtime keeps every run of every thread in one list (with memory on, every reply is one
+    kept for good). Its look for pending runs walks that list once, then twice more for each run
+    it finds (its thread, and whether that thread runs another), and a stream looks its run up by
+    walking the list from the oldest run, when it starts and after every half second without an
+    event: with 3,000 runs stored, starting a burst of 100 runs and looking each up once cost
+    the backend 0.14 to 0.17 s of CPU in those walks alone, 0.4 to 0.6 s with 10,000
+    (`python -m bench.walks`). Here the look walks the list once and the lookup starts from the
+    newest run; what either returns is the same (tests/test_agent.py compares them)."""
     try:
         version = metadata.version("langgraph-runtime-inmem")
     except metadata.PackageNotFoundError:
@@ -75,7 +88,6 @@ def patch_queue_wakeup() -> bool:
     runs = ops.Runs
     if getattr(runs, "_chatsite_wakeup", False):
         return True
-    original_next = runs.next
     original_put = runs.put
     # The queue loop and the API handlers may run on different event loops (threads).
     waiter: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
@@ -105,11 +117,73 @@ def patch_queue_wakeup() -> bool:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), 0.5)
             event.clear()
-        async for item in original_next(wait=False, limit=limit):
+        else:
+            await asyncio.sleep(0)
+        async for item in pending_runs_start(limit=limit):
             yield item
+
+    async def pending_runs_start(*, limit: int):
+        """`Runs.next(wait=False)` of 0.36.7 in one walk of the runs and one of the threads."""
+        now = datetime.now(UTC)
+        async with ops.connect() as conn, ops.RUN_LOCK:
+            pending = []
+            busy_threads = set()  # threads with a running run: one run at a time on each
+            for run in conn.store["runs"]:
+                status = run["status"]
+                if status == "pending":
+                    if run.get("created_at", now) < now:
+                        pending.append(run)
+                elif status == "running":
+                    busy_threads.add(run["thread_id"])
+            if not pending:
+                return
+            pending.sort(key=lambda run: run.get("created_at", datetime.min))
+            candidates = pending[:limit]
+            wanted = {run["thread_id"] for run in candidates}
+            known_threads = {
+                thread["thread_id"]
+                for thread in conn.store["threads"]
+                if thread["thread_id"] in wanted
+            }
+            for run in candidates:
+                if run["status"] != "pending":
+                    continue
+                thread_id = run["thread_id"]
+                if thread_id not in known_threads:
+                    await ops.logger.awarning(
+                        "Unexpected missing thread in Runs.next", thread_id=thread_id
+                    )
+                    continue
+                if thread_id in busy_threads:
+                    continue
+                attempt = await conn.retry_counter.increment(run["run_id"])
+                run["status"] = "running"
+                busy_threads.add(thread_id)
+                yield run, attempt
+
+    async def get(conn, run_id, *, thread_id, ctx=None):
+        """`Runs.get` of 0.36.7, walking from the newest run: a run looked up is most often
+        one just made."""
+        run_id, thread_id = ops._ensure_uuid(run_id), ops._ensure_uuid(thread_id)
+        filters = await runs.handle_event(
+            ctx, "read", ops.Auth.types.ThreadsRead(thread_id=thread_id)
+        )
+
+        async def matching():
+            for run in reversed(conn.store["runs"]):
+                if run["run_id"] == run_id and run["thread_id"] == thread_id:
+                    break
+            else:
+                return
+            if filters and not await ops.Threads._get_with_filters(conn, run["thread_id"], filters):
+                return
+            yield run
+
+        return matching()
 
     runs.put = staticmethod(put)
     runs.next = staticmethod(next_run)
+    runs.get = staticmethod(get)
     runs._chatsite_wakeup = True
     return True
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -11,7 +16,8 @@ from langchain_core.messages import AIMessageChunk
 
 from agent.graph import build_graph
 from agent.models import EchoChatModel, LocalChatModel, chat_model_from_env
-from agent.server import EmbeddedBackend
+from agent.server import EmbeddedBackend, patch_queue_wakeup
+from bench.walks import runtime_import
 from tests.conftest import LOG_DIR
 
 
@@ -107,6 +113,88 @@ def test_the_embedded_backend_runs_with_the_queue_wakeup_patch(langgraph):
 
     assert metadata.version("langgraph-runtime-inmem") in PATCHED_RUNTIME_VERSIONS
     assert "queue wake-up patch applied" in langgraph.log_path.read_text()
+
+
+@pytest.fixture
+def runtime(monkeypatch) -> SimpleNamespace:
+    """`langgraph dev`'s in-memory runtime in this process, patched as `agent.server` patches
+    it (undone after the test), with the runtime's own `Runs.next` and `Runs.get` beside the
+    patched ones, and a store of its own: finished, running and pending runs on a dozen threads,
+    some not due yet, one pending run whose thread is gone, in no particular order."""
+    ops, database = runtime_import()
+    if getattr(ops.Runs, "_chatsite_wakeup", False):
+        pytest.skip("this process already runs the patched runtime")
+    for name in ("put", "next", "get"):
+        monkeypatch.setattr(ops.Runs, name, ops.Runs.__dict__[name])
+    monkeypatch.setattr(ops.Runs, "_chatsite_wakeup", False, raising=False)
+    own = {"next": ops.Runs.next, "get": ops.Runs.get}
+    assert patch_queue_wakeup()
+    patched = {"next": ops.Runs.next, "get": ops.Runs.get}
+    for key in ("runs", "threads"):
+        monkeypatch.setitem(database.GLOBAL_STORE, key, [])
+    monkeypatch.setattr(database.GLOBAL_RETRY_COUNTER, "_counters", Counter())
+
+    now = datetime.now(UTC)
+    threads = [{"thread_id": uuid4()} for _ in range(12)]
+    by_thread = [["pending"], ["running", "pending"], ["success", "pending"], ["pending"] * 2]
+    runs = [
+        {
+            "run_id": uuid4(),
+            "thread_id": thread["thread_id"],
+            "status": status,
+            "created_at": now
+            - timedelta(seconds=100 - index * 3 - order)
+            + timedelta(hours=1 if index == 5 else 0),
+        }
+        for index, thread in enumerate(threads)
+        for order, status in enumerate(by_thread[index % 4])
+    ]
+    runs.append({"run_id": uuid4(), "thread_id": uuid4(), "status": "pending",
+                 "created_at": now - timedelta(seconds=50)})  # fmt: skip
+    runs.reverse()
+
+    def load() -> None:
+        database.GLOBAL_STORE["runs"] = copy.deepcopy(runs)
+        database.GLOBAL_STORE["threads"] = copy.deepcopy(threads)
+        database.GLOBAL_RETRY_COUNTER._counters.clear()
+
+    return SimpleNamespace(ops=ops, store=database.GLOBAL_STORE, own=own, patched=patched,
+                           runs=runs, load=load)  # fmt: skip
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 64])
+async def test_the_patched_queue_starts_the_runs_the_runtime_would(runtime, limit):
+    """The patch walks the stored runs once a look instead of once and twice more a run found;
+    it must start the same runs: due, oldest first, one at a time on a thread, none whose
+    thread is gone, at most `limit`."""
+
+    async def started(next_run) -> tuple[list, list]:
+        runtime.load()
+        picked = [
+            (run["run_id"], attempt) async for run, attempt in next_run(wait=False, limit=limit)
+        ]
+        return picked, [(run["run_id"], run["status"]) for run in runtime.store["runs"]]
+
+    expected = await started(runtime.own["next"])
+    assert expected[0], "the store holds runs due to start"
+    assert await started(runtime.patched["next"]) == expected
+
+
+async def test_the_patched_lookup_finds_the_run_the_runtime_would(runtime):
+    """The patch looks a run up from the newest stored run instead of the oldest."""
+    runtime.load()
+    connection = runtime.ops.InMemConnectionProto()
+    stored = [(run["run_id"], run["thread_id"]) for run in runtime.runs]
+    absent = [(runtime.runs[0]["run_id"], runtime.runs[1]["thread_id"]), (uuid4(), uuid4())]
+    for run_id, thread_id in stored + absent:
+        found = [
+            [run async for run in await get(connection, str(run_id), thread_id=thread_id)]
+            for get in (runtime.own["get"], runtime.patched["get"])
+        ]
+        assert found[0] == found[1]
+        assert [run["run_id"] for run in found[1]] == (
+            [run_id] if (run_id, thread_id) in stored else []
+        )
 
 
 def test_the_embedded_backend_freezes_what_it_made_to_start(langgraph):

@@ -27,3 +27,14 @@ async def test_the_signed_in_benchmark_users_chat_as_their_own_accounts(
     accounts = [user async for user in User.objects.filter(pk__in=owners)]
     assert len(accounts) == 2, owners  # two accounts, neither of them anonymous
     assert not any(account.has_usable_password() for account in accounts)
+
+
+def test_the_walks_benchmark_starts_and_finds_a_burst_with_either_code(capsys):
+    """`python -m bench.walks` times the runtime's own run queue against the patched one: each
+    must start all of a burst's runs and find each of them, or its figures mean nothing."""
+    from bench.walks import BURST, main
+
+    rows = main(["--stored", "300"])
+    assert [row["code"] for row in rows] == ["runtime", "patched"]
+    assert all(row["one_look_ms"] > 0 and row["lookups_ms"] > 0 for row in rows)
+    assert f"a burst of {BURST} runs" in capsys.readouterr().out
