@@ -121,6 +121,7 @@ async def measure(stored_counts: list[int]) -> list[dict[str, Any]]:
     versions = {"runtime": {"next": ops.Runs.next, "get": ops.Runs.get}}
     saved = {name: ops.Runs.__dict__[name] for name in ("put", "next", "get")}
     saved_store = {key: database.GLOBAL_STORE.get(key) for key in ("runs", "threads")}
+    saved_counters = database.GLOBAL_RETRY_COUNTER._counters
     if not patch_queue_wakeup():
         raise RuntimeError("langgraph-runtime-inmem is not a version the patch was tested with")
     versions["patched"] = {"next": ops.Runs.next, "get": ops.Runs.get}
@@ -144,6 +145,7 @@ async def measure(stored_counts: list[int]) -> list[dict[str, Any]]:
             setattr(ops.Runs, name, value)
         ops.Runs._chatsite_wakeup = False
         database.GLOBAL_STORE.update(saved_store)
+        database.GLOBAL_RETRY_COUNTER._counters = saved_counters
     return rows
 
 
