@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 from uuid import uuid4
 
@@ -62,7 +64,7 @@ def runtime_import() -> tuple[ModuleType, ModuleType]:
     return ops, database
 
 
-def store_fill(database: ModuleType, *, stored: int) -> tuple[list[dict], list[dict]]:
+def store_fill(store: dict, *, stored: int) -> list[dict]:
     """`stored` finished runs, ten to a thread, and a burst of pending runs a thread each."""
     created = datetime.now(UTC) - timedelta(seconds=10)
     threads = [{"thread_id": uuid4()} for _ in range(max(stored // 10, 1) + BURST)]
@@ -80,15 +82,12 @@ def store_fill(database: ModuleType, *, stored: int) -> tuple[list[dict], list[d
          "created_at": created}
         for thread in threads[-BURST:]
     ]  # fmt: skip
-    database.GLOBAL_STORE["threads"] = threads
-    database.GLOBAL_RETRY_COUNTER._counters = Counter()
-    return runs, threads
+    store["threads"] = threads
+    return runs
 
 
-async def burst_start_ms(
-    database: ModuleType, next_run: Any, runs: list, *, per_look: int
-) -> float:
-    database.GLOBAL_STORE["runs"] = copy.deepcopy(runs)
+async def burst_start_ms(store: dict, next_run: Any, runs: list, *, per_look: int) -> float:
+    store["runs"] = copy.deepcopy(runs)
     started = time.thread_time()
     found = 0
     for _ in range(BURST // per_look):
@@ -99,8 +98,8 @@ async def burst_start_ms(
     return spent
 
 
-async def burst_lookups_ms(ops: ModuleType, database: ModuleType, get: Any, runs: list) -> float:
-    database.GLOBAL_STORE["runs"] = runs
+async def burst_lookups_ms(ops: ModuleType, store: dict, get: Any, runs: list) -> float:
+    store["runs"] = runs
     connection = ops.InMemConnectionProto()
     started = time.thread_time()
     for run in runs[-BURST:]:
@@ -112,40 +111,56 @@ async def burst_lookups_ms(ops: ModuleType, database: ModuleType, get: Any, runs
     return (time.thread_time() - started) * 1000
 
 
-async def measure(stored_counts: list[int]) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def runtime_both() -> Iterator[SimpleNamespace]:
+    """The runtime in this process (`runtime_import`) patched as `agent.server` patches it, with
+    its own `Runs.next` and `Runs.get` (`own`) beside the patched ones (`patched`), on an empty
+    store and retry counter of its own; on exit the runtime's functions, store and counter are
+    put back as they were."""
     from agent.server import patch_queue_wakeup
 
     ops, database = runtime_import()
     if getattr(ops.Runs, "_chatsite_wakeup", False):
-        raise RuntimeError("measure before the runtime is patched in this process")
-    versions = {"runtime": {"next": ops.Runs.next, "get": ops.Runs.get}}
-    saved = {name: ops.Runs.__dict__[name] for name in ("put", "next", "get")}
-    saved_store = {key: database.GLOBAL_STORE.get(key) for key in ("runs", "threads")}
-    saved_counters = database.GLOBAL_RETRY_COUNTER._counters
-    if not patch_queue_wakeup():
-        raise RuntimeError("langgraph-runtime-inmem is not a version the patch was tested with")
-    versions["patched"] = {"next": ops.Runs.next, "get": ops.Runs.get}
-    rows = []
+        raise RuntimeError("the runtime is already patched in this process")
+    store, counter = database.GLOBAL_STORE, database.GLOBAL_RETRY_COUNTER
+    saved_functions = {name: ops.Runs.__dict__[name] for name in ("put", "next", "get")}
+    saved_store = {key: store.get(key) for key in ("runs", "threads")}
+    saved_counters = counter._counters
+    own = {"next": ops.Runs.next, "get": ops.Runs.get}
     try:
+        if not patch_queue_wakeup():
+            raise RuntimeError("langgraph-runtime-inmem is not a version the patch was tested with")
+        store.update(runs=[], threads=[])
+        counter._counters = Counter()
+        yield SimpleNamespace(
+            ops=ops, store=store, counter=counter, own=own,
+            patched={"next": ops.Runs.next, "get": ops.Runs.get},
+        )  # fmt: skip
+    finally:
+        for name, value in saved_functions.items():
+            setattr(ops.Runs, name, value)
+        ops.Runs._chatsite_wakeup = False
+        store.update(saved_store)
+        counter._counters = saved_counters
+
+
+async def measure(stored_counts: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    with runtime_both() as runtime:
+        ops, store = runtime.ops, runtime.store
         for stored in stored_counts:
-            runs, _threads = store_fill(database, stored=stored)
-            for name, code in versions.items():
+            runs = store_fill(store, stored=stored)
+            for name, code in (("runtime", runtime.own), ("patched", runtime.patched)):
                 start, lookup = code["next"], code["get"]
                 rows.append(
                     {
                         "stored": stored,
                         "code": name,
-                        "one_look_ms": await burst_start_ms(database, start, runs, per_look=BURST),
-                        "look_a_run_ms": await burst_start_ms(database, start, runs, per_look=1),
-                        "lookups_ms": await burst_lookups_ms(ops, database, lookup, runs),
+                        "one_look_ms": await burst_start_ms(store, start, runs, per_look=BURST),
+                        "look_a_run_ms": await burst_start_ms(store, start, runs, per_look=1),
+                        "lookups_ms": await burst_lookups_ms(ops, store, lookup, runs),
                     }
                 )
-    finally:
-        for name, value in saved.items():
-            setattr(ops.Runs, name, value)
-        ops.Runs._chatsite_wakeup = False
-        database.GLOBAL_STORE.update(saved_store)
-        database.GLOBAL_RETRY_COUNTER._counters = saved_counters
     return rows
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import re
 import time
-from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from uuid import uuid4
@@ -16,8 +16,8 @@ from langchain_core.messages import AIMessageChunk
 
 from agent.graph import build_graph
 from agent.models import EchoChatModel, LocalChatModel, chat_model_from_env
-from agent.server import EmbeddedBackend, patch_queue_wakeup
-from bench.walks import runtime_import
+from agent.server import EmbeddedBackend
+from bench.walks import runtime_both
 from tests.conftest import LOG_DIR
 
 
@@ -116,24 +116,12 @@ def test_the_embedded_backend_runs_with_the_queue_wakeup_patch(langgraph):
 
 
 @pytest.fixture
-def runtime(monkeypatch) -> SimpleNamespace:
+def runtime() -> Iterator[SimpleNamespace]:
     """`langgraph dev`'s in-memory runtime in this process, patched as `agent.server` patches
     it (undone after the test), with the runtime's own `Runs.next` and `Runs.get` beside the
-    patched ones, and a store of its own: finished, running and pending runs on a dozen threads,
-    some not due yet, one pending run whose thread is gone, in no particular order."""
-    ops, database = runtime_import()
-    if getattr(ops.Runs, "_chatsite_wakeup", False):
-        pytest.skip("this process already runs the patched runtime")
-    for name in ("put", "next", "get"):
-        monkeypatch.setattr(ops.Runs, name, ops.Runs.__dict__[name])
-    monkeypatch.setattr(ops.Runs, "_chatsite_wakeup", False, raising=False)
-    own = {"next": ops.Runs.next, "get": ops.Runs.get}
-    assert patch_queue_wakeup()
-    patched = {"next": ops.Runs.next, "get": ops.Runs.get}
-    for key in ("runs", "threads"):
-        monkeypatch.setitem(database.GLOBAL_STORE, key, [])
-    monkeypatch.setattr(database.GLOBAL_RETRY_COUNTER, "_counters", Counter())
-
+    patched ones (`bench.walks.runtime_both`), and a store to `load`: finished, running and
+    pending runs on a dozen threads, some not due yet, one pending run whose thread is gone, in
+    no particular order."""
     now = datetime.now(UTC)
     threads = [{"thread_id": uuid4()} for _ in range(12)]
     by_thread = [["pending"], ["running", "pending"], ["success", "pending"], ["pending"] * 2]
@@ -153,13 +141,15 @@ def runtime(monkeypatch) -> SimpleNamespace:
                  "created_at": now - timedelta(seconds=50)})  # fmt: skip
     runs.reverse()
 
-    def load() -> None:
-        database.GLOBAL_STORE["runs"] = copy.deepcopy(runs)
-        database.GLOBAL_STORE["threads"] = copy.deepcopy(threads)
-        database.GLOBAL_RETRY_COUNTER._counters.clear()
+    with runtime_both() as runtime:
 
-    return SimpleNamespace(ops=ops, store=database.GLOBAL_STORE, own=own, patched=patched,
-                           runs=runs, load=load)  # fmt: skip
+        def load() -> None:
+            runtime.store["runs"] = copy.deepcopy(runs)
+            runtime.store["threads"] = copy.deepcopy(threads)
+            runtime.counter._counters.clear()
+
+        runtime.runs, runtime.load = runs, load
+        yield runtime
 
 
 @pytest.mark.parametrize("limit", [1, 2, 5, 64])
