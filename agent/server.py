@@ -43,6 +43,11 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCHED_RUNTIME_VERSIONS = frozenset({"0.36.7"})
+# Once the startup objects are frozen, a full collection walks what the server made since: its
+# runs, threads and checkpoints, which grow with use. Python's default (a young collection every
+# 700 allocations, a full one every hundred of those) ran 51 full passes of up to 105 ms in three
+# busy benchmark cells, each stalling every streaming run; at 50,000, one.
+YOUNG_COLLECTION_ALLOCATIONS = 50_000
 
 
 def free_port() -> int:
@@ -203,8 +208,9 @@ def freeze_once_serving(url: str, *, timeout: float = 300.0) -> threading.Thread
     A full collection walks every object still tracked and holds the interpreter meanwhile: in
     this server that stalled every run streaming for 70 to 80 ms whenever one came. Frozen,
     the startup objects are never walked again, and a full collection takes a few milliseconds
-    (it still walks what the server stores since, which grows with its threads). Garbage is
-    collected first, so that none is kept for good."""
+    (it still walks what the server stores since, which grows with its threads, so full
+    collections are made rarer too: `YOUNG_COLLECTION_ALLOCATIONS`). Garbage is collected first,
+    so that none is kept for good."""
 
     def serving() -> bool:
         deadline = time.monotonic() + timeout
@@ -218,7 +224,12 @@ def freeze_once_serving(url: str, *, timeout: float = 300.0) -> threading.Thread
         if serving():
             gc.collect()
             gc.freeze()
-            print(f"agent.server: {gc.get_freeze_count()} startup objects frozen", flush=True)
+            gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, *gc.get_threshold()[1:])
+            print(
+                f"agent.server: {gc.get_freeze_count()} startup objects frozen, a young "
+                f"collection every {gc.get_threshold()[0]} allocations",
+                flush=True,
+            )
 
     thread = threading.Thread(target=freeze, name="freeze-once-serving", daemon=True)
     thread.start()
