@@ -11,6 +11,9 @@ any other version the server runs unpatched and says so. Once it serves, what it
 is frozen out of the garbage collector's full passes (`freeze_once_serving`), which stalled it
 70 to 80 ms at a time.
 
+It keeps idle connections open for two minutes instead of uvicorn's 5 s
+(`keep_idle_connections`), so that its own clients can keep theirs between bursts.
+
 `EmbeddedBackend` starts that server as a child process on a free port; `make run`, the tests
 and the benchmark all use it. The server keeps what it stores (threads, runs, checkpoints) in
 `.langgraph_api/` in its working directory, its data directory: `make run`'s is the repository,
@@ -48,6 +51,15 @@ PATCHED_RUNTIME_VERSIONS = frozenset({"0.36.7"})
 # 700 allocations, a full one every hundred of those) ran 51 full passes of up to 105 ms in three
 # busy benchmark cells, each stalling every streaming run; at 50,000, one.
 YOUNG_COLLECTION_ALLOCATIONS = 50_000
+# uvicorn closes a connection after 5 s idle, so its clients must let go of one sooner (the
+# site's LANGGRAPH_KEEPALIVE_EXPIRY default is 4 s), and after any pause longer than that a
+# burst of messages opens every backend connection anew. Such bursts cost this server 0.3 to
+# 1.6 s more CPU in the benchmark's 100- and 200-chat rounds than the same requests on open
+# connections, and the first tokens came later by as much. This server keeps idle connections
+# IDLE_CONNECTION_SECONDS, and its own clients (`make run`'s site, the benchmark's) keep them
+# CLIENT_KEEPALIVE_SECONDS, well under it.
+IDLE_CONNECTION_SECONDS = 120
+CLIENT_KEEPALIVE_SECONDS = 60.0
 
 
 def free_port() -> int:
@@ -192,6 +204,23 @@ def patch_queue_wakeup() -> bool:
     runs.get = staticmethod(get)
     runs._chatsite_wakeup = True
     return True
+
+
+def keep_idle_connections() -> None:
+    """Makes the server that `langgraph dev` starts keep an idle connection open for
+    IDLE_CONNECTION_SECONDS instead of uvicorn's 5 s (`langgraph dev` has no option for it)."""
+    import uvicorn
+
+    if getattr(uvicorn.run, "_chatsite_keep_alive", False):
+        return
+    run = uvicorn.run
+
+    def run_keeping_idle_connections(*args, **kwargs):
+        kwargs.setdefault("timeout_keep_alive", IDLE_CONNECTION_SECONDS)
+        return run(*args, **kwargs)
+
+    run_keeping_idle_connections._chatsite_keep_alive = True
+    uvicorn.run = run_keeping_idle_connections
 
 
 def answers(url: str, *, timeout: float) -> bool:
@@ -357,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
             "with; new runs start on the queue's next 500 ms poll",
             flush=True,
         )
+    keep_idle_connections()
     freeze_once_serving(f"http://{args.host}:{args.port}")
     from langgraph_cli.cli import cli
 

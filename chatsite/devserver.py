@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     backend = None
     if not os.environ.get("LANGGRAPH_URL"):
-        from agent.server import EmbeddedBackend
+        from agent.server import CLIENT_KEEPALIVE_SECONDS, EmbeddedBackend
 
         model = os.environ.get("AGENT_MODEL", "local")
         log_path = ROOT / "var" / "langgraph.log"
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         # Its store in the repository (.langgraph_api/): the assistant's memory outlives a restart.
         backend = EmbeddedBackend(model=model, log_path=log_path, data_dir=ROOT).start()
         os.environ["LANGGRAPH_URL"] = backend.url
+        # It keeps idle connections longer than uvicorn's 5 s, which the setting's default
+        # allows for: the site may keep them longer too.
+        os.environ.setdefault("LANGGRAPH_KEEPALIVE_EXPIRY", str(CLIENT_KEEPALIVE_SECONDS))
         print(f"Run backend ready at {backend.url}", flush=True)
     else:
         print(f"Using the run backend at {os.environ['LANGGRAPH_URL']}", flush=True)
