@@ -53,11 +53,11 @@ PATCHED_RUNTIME_VERSIONS = frozenset({"0.36.7"})
 YOUNG_COLLECTION_ALLOCATIONS = 50_000
 # uvicorn closes a connection after 5 s idle, so its clients must let go of one sooner (the
 # site's LANGGRAPH_KEEPALIVE_EXPIRY default is 4 s), and after any pause longer than that a
-# burst of messages opens every backend connection anew. Such bursts cost this server 0.3 to
+# burst of messages opens every backend connection anew. Such bursts cost this server 0.25 to
 # 1.6 s more CPU in the benchmark's 100- and 200-chat rounds than the same requests on open
-# connections, and the first tokens came later by as much. This server keeps idle connections
-# IDLE_CONNECTION_SECONDS, and its own clients (`make run`'s site, the benchmark's) keep them
-# CLIENT_KEEPALIVE_SECONDS, well under it.
+# connections, and their first tokens came up to 1.8 times as late. This server keeps idle
+# connections IDLE_CONNECTION_SECONDS, and its own clients (`make run`'s site, the benchmark's)
+# keep them CLIENT_KEEPALIVE_SECONDS, well under it.
 IDLE_CONNECTION_SECONDS = 120
 CLIENT_KEEPALIVE_SECONDS = 60.0
 

@@ -194,7 +194,8 @@ LANGGRAPH_WAIT_TIMEOUT = env.float("LANGGRAPH_WAIT_TIMEOUT", default=120.0)
 # connections (httpcore 1.0), so many small pools cost far less than a few large ones.
 LANGGRAPH_STREAM_CLIENTS = env.int("LANGGRAPH_STREAM_CLIENTS", default=16)
 LANGGRAPH_MAX_CONNECTIONS = env.int("LANGGRAPH_MAX_CONNECTIONS", default=500)
-# Below uvicorn's 5 s keep-alive, so the backend never closes a connection under a new request.
+# Below uvicorn's 5 s keep-alive, so the backend never closes a connection under a new request
+# (`make run` sets 60 for its embedded backend, which keeps them 120 s).
 LANGGRAPH_KEEPALIVE_EXPIRY = env.float("LANGGRAPH_KEEPALIVE_EXPIRY", default=4.0)
 
 # The chat.
