@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     # Runs a previous server left streaming are marked interrupted, never stuck.
     subprocess.run([sys.executable, "manage.py", "recover_runs"], check=True)
 
+    # Its store in the repository (.langgraph_api/): the assistant's memory outlives a restart.
     backend = run_backend_ensure(data_dir=ROOT, log_path=ROOT / "var" / "langgraph.log")
     daphne = subprocess.Popen(daphne_command(host=args.host, port=args.port))
     print(f"\n  Chat site: http://{args.host}:{args.port}/   (Ctrl-C stops)\n", flush=True)
