@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import environ
+from chatsite import env_file_read
 
 if TYPE_CHECKING:
     from agent.server import EmbeddedBackend
@@ -34,14 +34,6 @@ def daphne_command(*, host: str, port: int, application: str = SITE_APPLICATION)
         "--websocket-max-frame-size", str(WEBSOCKET_MAX_BYTES),
         application,
     ]  # fmt: skip
-
-
-def env_file_read(root: Path) -> None:
-    """`root/.env` into this process's environment as the settings read it (what the environment
-    says already wins), so that what it says about the backend (LANGGRAPH_URL, AGENT_MODEL) holds
-    for what `make run` starts, not only for the site."""
-    if (root / ".env").is_file():
-        environ.Env.read_env(root / ".env", overwrite=False)
 
 
 def run_backend_ensure(*, data_dir: Path, log_path: Path) -> EmbeddedBackend | None:

@@ -10,12 +10,12 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from chatsite import env_file_read
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-# A local .env file is a convenience for development; real deployments set the environment.
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+env_file_read(BASE_DIR)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 

@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from agent.server import CLIENT_KEEPALIVE_SECONDS
-from chatsite.devserver import env_file_read, run_backend_ensure
+from chatsite import env_file_read
+from chatsite.devserver import run_backend_ensure
 
 SETTINGS = ("LANGGRAPH_URL", "AGENT_MODEL", "LANGGRAPH_KEEPALIVE_EXPIRY")
 
