@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
+import http.client
 import re
-import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -201,29 +201,28 @@ def test_the_embedded_backend_freezes_what_it_made_to_start(langgraph):
     assert int(found[2]) == YOUNG_COLLECTION_ALLOCATIONS, "Python's default is 700"
 
 
-def _ok_on(connection: socket.socket) -> bytes:
-    connection.sendall(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = connection.recv(65536)
-        if not chunk:
-            return answer  # the server closed the connection
-        answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
-    while len(body) < length:
-        body += connection.recv(65536)
-    return head
-
-
 def test_the_embedded_backend_keeps_an_idle_connection_open_past_uvicorns_five_seconds(langgraph):
     """So that the site can keep its backend connections between bursts of messages: opened
     anew, they cost the backend more CPU and the first tokens came later."""
     url = httpx.URL(langgraph.url)
-    with socket.create_connection((url.host, url.port), timeout=10) as connection:
-        assert _ok_on(connection).startswith(b"HTTP/1.1 200")
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    try:
+        connection.request("GET", "/ok")
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200
+        opened = connection.sock
         time.sleep(6)
-        assert _ok_on(connection).startswith(b"HTTP/1.1 200"), "the server closed it"
+        try:
+            connection.request("GET", "/ok")
+            answer = connection.getresponse()
+            answer.read()
+        except (ConnectionError, http.client.RemoteDisconnected):
+            pytest.fail("the server closed it")
+        assert answer.status == 200
+        assert connection.sock is opened, "the server closed it"
+    finally:
+        connection.close()
 
 
 def _remembered(backend: EmbeddedBackend, thread_id: str) -> list[str]:
