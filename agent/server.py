@@ -5,7 +5,9 @@ no reload) after one tested patch: the in-memory queue looks for new runs every 
 sleep that adds up to half a second to every first token. The patch wakes the queue as soon as
 a run is created and keeps the 500 ms poll as the fallback; it also makes the queue's look for
 pending runs, and a run's lookup by id, cost one walk over the stored runs or less, where the
-runtime's own code walks them all several times (`bench.walks` times both). It is applied only
+runtime's own code walks them all several times (`bench.walks` times both); and the queue
+forgets the record of a run a minute after it ended, so that the walks the runtime still makes
+(creating a run, finishing one) stay short however long the server is used. It is applied only
 to the versions of `langgraph-runtime-inmem` it was tested with (`PATCHED_RUNTIME_VERSIONS`); on
 any other version the server runs unpatched and says so. Once it serves, what it made to start
 is frozen out of the garbage collector's full passes (`freeze_once_serving`), which stalled it
@@ -37,7 +39,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
@@ -60,6 +62,15 @@ YOUNG_COLLECTION_ALLOCATIONS = 50_000
 # keep them CLIENT_KEEPALIVE_SECONDS, well under it.
 IDLE_CONNECTION_SECONDS = 120
 CLIENT_KEEPALIVE_SECONDS = 60.0
+# The runtime keeps every run's record for good, and walks them all when it creates a run and
+# when one ends: with memory on every reply adds one, so the server slowed as it was used (in
+# the benchmark's 200-chat rounds its CPU for the same replies grew by half over 6,000 runs).
+# The record of a run that ended is of no use to the site once its stream is over (the thread's
+# checkpoints, the assistant's memory, are kept apart from it), so it is forgotten
+# FINISHED_RUN_SECONDS after it ended (`AGENT_FINISHED_RUN_SECONDS`). Interrupted runs are kept:
+# a cancelled run is marked so before its worker has stopped, and the worker still finds it.
+FINISHED_RUN_SECONDS = float(os.environ.get("AGENT_FINISHED_RUN_SECONDS", "10"))
+FORGOTTEN_RUN_STATUSES = frozenset({"success", "error", "timeout"})
 
 
 def free_port() -> int:
@@ -94,7 +105,8 @@ def patch_queue_wakeup() -> bool:
     the backend 76 to 121 ms of CPU in those walks alone, 0.26 to 0.37 s with 10,000 (patched: 2
     to 34 ms, and 3 to 93; `python -m bench.walks`). Here the look walks the list once and the
     lookup starts from the newest run; what either returns is the same (tests/test_agent.py
-    compares them)."""
+    compares them). Every `FINISHED_RUN_SECONDS / 6`, the look first forgets the runs that ended
+    more than FINISHED_RUN_SECONDS ago (`finished_runs_forget`)."""
     try:
         version = metadata.version("langgraph-runtime-inmem")
     except metadata.PackageNotFoundError:
@@ -140,10 +152,18 @@ def patch_queue_wakeup() -> bool:
         async for item in pending_runs_start(limit=limit):
             yield item
 
+    forget_at = [0.0]  # when next to forget the runs that ended, on the monotonic clock
+
     async def pending_runs_start(*, limit: int):
-        """`Runs.next(wait=False)` of 0.36.7 in one walk of the runs and one of the threads."""
+        """`Runs.next(wait=False)` of 0.36.7 in one walk of the runs and one of the threads;
+        every so often, the records of runs that ended are forgotten first."""
         now = datetime.now(UTC)
         async with ops.connect() as conn, ops.RUN_LOCK:
+            if time.monotonic() >= forget_at[0]:
+                forget_at[0] = time.monotonic() + FINISHED_RUN_SECONDS / 6
+                finished_runs_forget(
+                    conn.store, before=now - timedelta(seconds=FINISHED_RUN_SECONDS)
+                )
             pending = []
             busy_threads = set()  # threads with a running run: one run at a time on each
             for run in conn.store["runs"]:
@@ -204,6 +224,22 @@ def patch_queue_wakeup() -> bool:
     runs.get = staticmethod(get)
     runs._chatsite_wakeup = True
     return True
+
+
+def finished_runs_forget(store: dict, *, before: datetime) -> int:
+    """Drops from the runtime's `store` the records of the runs that ended
+    (`FORGOTTEN_RUN_STATUSES`) before `before`, and returns how many. Their threads and
+    checkpoints stay. The list is replaced, not edited, as the runtime's own thread deletion
+    does."""
+    stored = store["runs"]
+    kept = [
+        run
+        for run in stored
+        if run["status"] not in FORGOTTEN_RUN_STATUSES or run.get("updated_at", before) >= before
+    ]
+    if len(kept) < len(stored):
+        store["runs"] = kept
+    return len(stored) - len(kept)
 
 
 def keep_idle_connections() -> None:

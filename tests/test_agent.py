@@ -17,9 +17,13 @@ from langchain_core.messages import AIMessageChunk
 
 from agent.graph import build_graph
 from agent.models import EchoChatModel, LocalChatModel, chat_model_from_env
-from agent.server import YOUNG_COLLECTION_ALLOCATIONS, EmbeddedBackend
+from agent.server import (
+    YOUNG_COLLECTION_ALLOCATIONS,
+    EmbeddedBackend,
+    finished_runs_forget,
+)
 from bench.walks import runtime_both
-from tests.conftest import LOG_DIR
+from tests.conftest import LOG_DIR, seen_count
 
 
 def stream_tokens(graph, text: str) -> list[str]:
@@ -223,6 +227,67 @@ def test_the_embedded_backend_keeps_an_idle_connection_open_past_uvicorns_five_s
         assert connection.sock is opened, "the server closed it"
     finally:
         connection.close()
+
+
+def test_only_the_records_of_runs_that_ended_a_while_ago_are_forgotten():
+    """A run pending, running or cancelled (its worker may still be stopping) is kept however
+    old; one that ended is kept until `before`."""
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(minutes=5), now - timedelta(seconds=5)
+    ages = {"old": old, "recent": recent}
+    stored = [
+        (status, age)
+        for status in ("pending", "running", "interrupted", "success", "error", "timeout")
+        for age in ages
+    ]
+    store = {"runs": [{"run_id": uuid4(), "status": s, "updated_at": ages[a]} for s, a in stored]}
+    assert finished_runs_forget(store, before=now - timedelta(minutes=1)) == 3
+    assert [(run["status"], run["updated_at"]) for run in store["runs"]] == [
+        (status, ages[age])
+        for status, age in stored
+        if age == "recent" or status in ("pending", "running", "interrupted")
+    ]
+
+
+def test_the_embedded_backend_forgets_ended_runs_and_the_assistant_still_remembers():
+    """Each remembered reply is a run whose record the runtime kept for good and walked every
+    time a run started or ended, so `make run` slowed with use. The embedded backend forgets a
+    run's record a while after it ended (here a second); the thread keeps every message."""
+    LOG_DIR.mkdir(exist_ok=True)
+    backend = EmbeddedBackend(
+        env={"AGENT_FINISHED_RUN_SECONDS": "1"}, log_path=LOG_DIR / "langgraph-forget.log"
+    )
+    try:
+        backend.start()
+        thread_id = httpx.post(f"{backend.url}/threads", json={}, timeout=10).json()["thread_id"]
+
+        def send(text: str) -> str:
+            run = {
+                "assistant_id": "agent",
+                "input": {"messages": [{"role": "user", "content": text}]},
+            }
+            response = httpx.post(
+                f"{backend.url}/threads/{thread_id}/runs/wait", json=run, timeout=30
+            )
+            response.raise_for_status()
+            return response.json()["messages"][-1]["content"]
+
+        def runs_kept() -> list[dict]:
+            response = httpx.get(f"{backend.url}/threads/{thread_id}/runs", timeout=10)
+            response.raise_for_status()
+            return response.json()
+
+        for text in ("one", "two", "three"):
+            send(text)
+        assert runs_kept(), "a run that just ended is still there"
+        deadline = time.monotonic() + 15
+        while runs_kept():
+            assert time.monotonic() < deadline, "the runs that ended were never forgotten"
+            time.sleep(0.2)
+        assert seen_count(send("four")) == 4
+        assert _remembered(backend, thread_id) == ["one", "two", "three", "four"]
+    finally:
+        backend.stop()
 
 
 def _remembered(backend: EmbeddedBackend, thread_id: str) -> list[str]:
