@@ -73,6 +73,13 @@ FINISHED_RUN_SECONDS = float(os.environ.get("AGENT_FINISHED_RUN_SECONDS", "10"))
 FORGOTTEN_RUN_STATUSES = frozenset({"success", "error", "timeout"})
 
 
+def client_keepalive_expiry() -> float:
+    """How long a client of this server (`make run`'s site, the benchmark's) keeps an idle
+    connection: LANGGRAPH_KEEPALIVE_EXPIRY when the environment says, else
+    CLIENT_KEEPALIVE_SECONDS."""
+    return float(os.environ.get("LANGGRAPH_KEEPALIVE_EXPIRY", CLIENT_KEEPALIVE_SECONDS))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -87,7 +87,12 @@ from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from agent.server import CLIENT_KEEPALIVE_SECONDS, EmbeddedBackend, free_port, process_group_stop
+from agent.server import (
+    EmbeddedBackend,
+    client_keepalive_expiry,
+    free_port,
+    process_group_stop,
+)
 from chatsite.devserver import SITE_APPLICATION, daphne_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,12 +225,6 @@ class Reply:
 # Direct: straight from the backend, one httpx client per simulated user.
 
 
-def backend_keepalive_expiry() -> float:
-    """How long the site, the bare relay and the direct users keep an idle connection to the
-    embedded backend: as `make run`'s site does, unless LANGGRAPH_KEEPALIVE_EXPIRY says."""
-    return float(os.environ.get("LANGGRAPH_KEEPALIVE_EXPIRY", CLIENT_KEEPALIVE_SECONDS))
-
-
 class DirectUser:
     def __init__(self, *, url: str, memory: bool, timeout: float) -> None:
         self.memory = memory
@@ -233,11 +232,11 @@ class DirectUser:
         self.client = httpx.AsyncClient(
             base_url=url,
             timeout=httpx.Timeout(connect=10.0, read=timeout, write=10.0, pool=10.0),
-            # As long as the site keeps its backend connections.
+            # As long as the site and the bare relay keep their backend connections.
             limits=httpx.Limits(
                 max_connections=4,
                 max_keepalive_connections=4,
-                keepalive_expiry=backend_keepalive_expiry(),
+                keepalive_expiry=client_keepalive_expiry(),
             ),
         )
 
@@ -450,7 +449,7 @@ def site_env(
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         "DATABASE_URL": database_url,
         "LANGGRAPH_URL": backend_url,
-        "LANGGRAPH_KEEPALIVE_EXPIRY": str(backend_keepalive_expiry()),
+        "LANGGRAPH_KEEPALIVE_EXPIRY": str(client_keepalive_expiry()),
         # Production settings, with a throwaway key that lives as long as this run.
         "DJANGO_DEBUG": "false",
         "DJANGO_SECRET_KEY": args.secret_key,

@@ -43,7 +43,7 @@ def run_backend_ensure(*, data_dir: Path, log_path: Path) -> EmbeddedBackend | N
     if os.environ.get("LANGGRAPH_URL"):
         print(f"Using the run backend at {os.environ['LANGGRAPH_URL']}", flush=True)
         return None
-    from agent.server import CLIENT_KEEPALIVE_SECONDS, EmbeddedBackend
+    from agent.server import EmbeddedBackend, client_keepalive_expiry
 
     model = os.environ.get("AGENT_MODEL", "local")
     log_path.parent.mkdir(exist_ok=True)
@@ -52,7 +52,7 @@ def run_backend_ensure(*, data_dir: Path, log_path: Path) -> EmbeddedBackend | N
     os.environ["LANGGRAPH_URL"] = backend.url
     # It keeps idle connections longer than uvicorn's 5 s, which the setting's default allows
     # for: the site may keep them longer too.
-    os.environ.setdefault("LANGGRAPH_KEEPALIVE_EXPIRY", str(CLIENT_KEEPALIVE_SECONDS))
+    os.environ["LANGGRAPH_KEEPALIVE_EXPIRY"] = str(client_keepalive_expiry())
     print(f"Run backend ready at {backend.url}", flush=True)
     return backend
 
