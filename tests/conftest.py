@@ -35,7 +35,9 @@ def seen_count(reply: str) -> int:
     return int(match.group(1))
 
 
-def _start(name: str, **env: str) -> EmbeddedBackend:
+def backend_start(name: str, **env: str) -> EmbeddedBackend:
+    """A real embedded backend, started, with the echo model and `env`; its log is
+    test-results/langgraph-<name>.log."""
     LOG_DIR.mkdir(exist_ok=True)
     log_path = LOG_DIR / f"langgraph-{name}.log"
     # This session's lines only: the tests read the log for what the server said at start.
@@ -46,7 +48,7 @@ def _start(name: str, **env: str) -> EmbeddedBackend:
 @pytest.fixture(scope="session")
 def langgraph() -> Iterator[EmbeddedBackend]:
     """A real `langgraph dev` serving agent/ with the fast echo model."""
-    backend = _start("fast")
+    backend = backend_start("fast")
     yield backend
     backend.stop()
 
@@ -54,7 +56,7 @@ def langgraph() -> Iterator[EmbeddedBackend]:
 @pytest.fixture(scope="session")
 def langgraph_slow() -> Iterator[EmbeddedBackend]:
     """The echo model at 60 ms a token and 60 extra tokens: a reply takes about 4 s."""
-    backend = _start("slow", AGENT_ECHO_DELAY_MS="60", AGENT_ECHO_EXTRA_TOKENS="60")
+    backend = backend_start("slow", AGENT_ECHO_DELAY_MS="60", AGENT_ECHO_EXTRA_TOKENS="60")
     yield backend
     backend.stop()
 
@@ -62,7 +64,7 @@ def langgraph_slow() -> Iterator[EmbeddedBackend]:
 @pytest.fixture(scope="session")
 def langgraph_short() -> Iterator[EmbeddedBackend]:
     """The echo model stopping at its length limit after four tokens, as a real model does."""
-    backend = _start("short", AGENT_ECHO_MAX_TOKENS="4")
+    backend = backend_start("short", AGENT_ECHO_MAX_TOKENS="4")
     yield backend
     backend.stop()
 

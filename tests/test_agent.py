@@ -23,7 +23,7 @@ from agent.server import (
     finished_runs_forget,
 )
 from bench.walks import runtime_both
-from tests.conftest import LOG_DIR, seen_count
+from tests.conftest import LOG_DIR, backend_start, seen_count
 
 
 def stream_tokens(graph, text: str) -> list[str]:
@@ -253,12 +253,8 @@ def test_the_embedded_backend_forgets_ended_runs_and_the_assistant_still_remembe
     """Each remembered reply is a run whose record the runtime kept for good and walked every
     time a run started or ended, so `make run` slowed with use. The embedded backend forgets a
     run's record a while after it ended (here a second); the thread keeps every message."""
-    LOG_DIR.mkdir(exist_ok=True)
-    backend = EmbeddedBackend(
-        env={"AGENT_FINISHED_RUN_SECONDS": "1"}, log_path=LOG_DIR / "langgraph-forget.log"
-    )
+    backend = backend_start("forget", AGENT_FINISHED_RUN_SECONDS="1")
     try:
-        backend.start()
         thread_id = httpx.post(f"{backend.url}/threads", json={}, timeout=10).json()["thread_id"]
 
         def send(text: str) -> str:
