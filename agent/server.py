@@ -14,7 +14,9 @@ is frozen out of the garbage collector's full passes (`freeze_once_serving`), wh
 70 to 80 ms at a time.
 
 It keeps idle connections open for two minutes instead of uvicorn's 5 s
-(`keep_idle_connections`), so that its own clients can keep theirs between bursts.
+(`keep_idle_connections`), so that its own clients can keep theirs between bursts. And it writes
+its store every 10 s from a forked copy of itself (`patch_store_writes`), where the runtime
+pickled the whole store in the server, holding every stream for longer as the store grew.
 
 `EmbeddedBackend` starts that server as a child process on a free port; `make run`, the tests
 and the benchmark all use it. The server keeps what it stores (threads, runs, checkpoints) in
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -71,6 +74,17 @@ CLIENT_KEEPALIVE_SECONDS = 60.0
 # a cancelled run is marked so before its worker has stopped, and the worker still finds it.
 FINISHED_RUN_SECONDS = float(os.environ.get("AGENT_FINISHED_RUN_SECONDS", "10"))
 FORGOTTEN_RUN_STATUSES = frozenset({"success", "error", "timeout"})
+# `langgraph dev` writes its whole store to `.langgraph_api/` every 10 s (the runtime's interval;
+# `AGENT_STORE_WRITE_SECONDS`), changed or not, pickling it while holding the interpreter: every
+# thread's checkpoints, each holding the conversation so far, so the server stalled for longer as
+# its memory grew (`python -m bench.pauses`: 87 ms a write with 54 MB on disk, 236 with 150). A
+# forked copy of the server writes it instead, on Linux (`AGENT_FORKED_STORE_WRITES=0` keeps the
+# runtime's own writes); the server is held only while it forks (9 and 17 ms).
+STORE_WRITE_SECONDS = float(os.environ.get("AGENT_STORE_WRITE_SECONDS", "10"))
+STORE_WRITE_TIMEOUT_SECONDS = 120.0
+FORKED_STORE_WRITES = sys.platform == "linux" and os.environ.get(
+    "AGENT_FORKED_STORE_WRITES", "1"
+).strip().lower() not in {"0", "false", "no"}
 
 
 def client_keepalive_expiry() -> float:
@@ -100,6 +114,15 @@ def process_group_stop(process: subprocess.Popen, *, grace: float = 10.0) -> Non
         process.wait(timeout=5)
 
 
+def runtime_is_patchable() -> bool:
+    """Whether the installed `langgraph-runtime-inmem` is one this module's patches were tested
+    with (`PATCHED_RUNTIME_VERSIONS`)."""
+    try:
+        return metadata.version("langgraph-runtime-inmem") in PATCHED_RUNTIME_VERSIONS
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def patch_queue_wakeup() -> bool:
     """Makes the in-memory queue start a new run at once instead of on its next 500 ms poll,
     and its look for pending runs, and a run's lookup by id, cheap however many runs it stores.
@@ -114,11 +137,7 @@ def patch_queue_wakeup() -> bool:
     lookup starts from the newest run; what either returns is the same (tests/test_agent.py
     compares them). Every `FINISHED_RUN_SECONDS / 6`, the look first forgets the runs that ended
     more than FINISHED_RUN_SECONDS ago (`finished_runs_forget`)."""
-    try:
-        version = metadata.version("langgraph-runtime-inmem")
-    except metadata.PackageNotFoundError:
-        return False
-    if version not in PATCHED_RUNTIME_VERSIONS:
+    if not runtime_is_patchable():
         return False
     from langgraph_runtime_inmem import ops
 
@@ -247,6 +266,99 @@ def finished_runs_forget(store: dict, *, before: datetime) -> int:
     if len(kept) < len(stored):
         store["runs"] = kept
     return len(stored) - len(kept)
+
+
+def patch_store_writes() -> bool:
+    """Makes the runtime write its stores every STORE_WRITE_SECONDS and, with
+    FORKED_STORE_WRITES, from a forked copy of the server (`stores_write_forked`), where it
+    pickled them in the server while holding the interpreter; should the copy fail, the server
+    writes them itself, as the runtime did. The last write, when the server stops, stays the
+    runtime's own. Applied to the runtime versions the queue patch is
+    (`PATCHED_RUNTIME_VERSIONS`); returns whether the writes are forked."""
+    if not runtime_is_patchable():
+        return False
+    from langgraph_runtime_inmem import _persistence
+
+    _persistence._flush_interval = STORE_WRITE_SECONDS
+    if not FORKED_STORE_WRITES:
+        return False
+    if getattr(_persistence, "_chatsite_forked", False):
+        return True
+    # Python 3.12 warns about any fork of a process with threads; the copy runs no thread's code.
+    warnings.filterwarnings(
+        "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
+    )
+
+    def write_loop(stop_event: threading.Event) -> None:
+        """The runtime's `_flush_loop` of 0.36.7, writing from a forked copy."""
+        while not stop_event.wait(timeout=_persistence._flush_interval):
+            stores = []
+            for key, ref in list(_persistence._stores.items()):
+                if (store := ref()) is None:
+                    _persistence._stores.pop(key, None)
+                else:
+                    stores.append(store)
+            if stores and not stores_write_forked(stores):
+                for store in stores:
+                    store.sync()
+
+    _persistence._flush_loop = write_loop
+    _persistence._chatsite_forked = True
+    if _persistence._flush_thread is not None:
+        # Started at import, when the runtime made its store: replaced by one writing forked.
+        stop_event, thread = _persistence._flush_thread
+        stop_event.set()
+        thread.join()
+        stop_event = threading.Event()
+        thread = threading.Thread(target=write_loop, args=(stop_event,), daemon=True)
+        _persistence._flush_thread = (stop_event, thread)
+        thread.start()
+    return True
+
+
+def stores_write_forked(stores: list) -> bool:
+    """Writes each of `stores` (the runtime's `PersistentDict`s) to its file as its `sync`
+    would (pickled into a file beside it, then moved over it), from a forked copy of this
+    process, and returns whether the copy wrote them all. This process is held only while it
+    forks, and the copy sees every store as it was at that instant. Should a store fail to
+    pickle, every file is left as it was."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return False
+    if pid == 0:  # the copy: no thread but this one, and nothing of the server's to touch
+        status = 1
+        try:
+            gc.disable()
+            # Its copies of the server's sockets would hold a closed connection open until it
+            # exits; and a stop of the server's process group stops it at once.
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            written = []
+            for store in stores:
+                if store.flag != "r":
+                    with open(f"{store.filename}.{os.getpid()}.tmp", "wb") as file:
+                        store.dump(file)
+                    written.append(store.filename)
+            for filename in written:  # only once every store is pickled
+                os.replace(f"{filename}.{os.getpid()}.tmp", filename)
+            status = 0
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + STORE_WRITE_TIMEOUT_SECONDS
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:  # stuck: the server writes them itself instead
+            os.kill(pid, signal.SIGKILL)
+            ended = os.waitpid(pid, 0)
+            break
+        time.sleep(0.05)
+    if os.waitstatus_to_exitcode(ended[1]) == 0:
+        return True
+    for store in stores:
+        with contextlib.suppress(OSError):
+            os.remove(f"{store.filename}.{pid}.tmp")
+    return False
 
 
 def keep_idle_connections() -> None:
@@ -429,6 +541,8 @@ def main(argv: list[str] | None = None) -> None:
             "with; new runs start on the queue's next 500 ms poll",
             flush=True,
         )
+    if patch_store_writes():
+        print("agent.server: the store is written from a forked copy of the server", flush=True)
     keep_idle_connections()
     freeze_once_serving(f"http://{args.host}:{args.port}")
     from langgraph_cli.cli import cli

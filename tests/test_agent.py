@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import http.client
+import pickle
 import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +16,7 @@ from uuid import uuid4
 import httpx
 import pytest
 from langchain_core.messages import AIMessageChunk
+from langgraph.checkpoint.memory import PersistentDict
 
 from agent.graph import build_graph
 from agent.models import EchoChatModel, LocalChatModel, chat_model_from_env
@@ -21,6 +24,7 @@ from agent.server import (
     YOUNG_COLLECTION_ALLOCATIONS,
     EmbeddedBackend,
     finished_runs_forget,
+    stores_write_forked,
 )
 from bench.walks import runtime_both
 from tests.conftest import LOG_DIR, backend_start, seen_count
@@ -317,3 +321,56 @@ def test_each_embedded_backend_keeps_its_own_memory_across_its_restarts(tmp_path
     finally:
         mine.stop()
         other.stop()
+
+
+def test_a_forked_copy_writes_the_stores_as_the_runtime_would_and_a_failed_one_leaves_them(
+    tmp_path,
+):
+    """What the copy writes loads back as the store was when it forked; a store it cannot write
+    (here one holding a lock, which pickle refuses) leaves every file as it was, and no
+    half-written file beside them."""
+    runs = PersistentDict(list, filename=str(tmp_path / "ops.pckl"))
+    checkpoints = PersistentDict(dict, filename=str(tmp_path / "checkpoints.pckl"))
+    runs["runs"] = [{"run_id": uuid4(), "status": "success", "updated_at": datetime.now(UTC)}]
+    checkpoints["thread"] = {"messages": ["one", "two"] * 1000}
+    assert stores_write_forked([runs, checkpoints])
+    for store in (runs, checkpoints):
+        with open(store.filename, "rb") as file:
+            assert pickle.load(file) == dict(store)
+
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    checkpoints["thread"]["messages"].append("three")
+    runs["lock"] = threading.Lock()
+    assert not stores_write_forked([checkpoints, runs])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
+
+
+def test_the_embedded_backend_writes_its_store_while_it_runs_so_a_crash_keeps_the_memory():
+    """The periodic write, from a forked copy of the server (here every second): killed
+    without the write a stop makes, the backend still finds the conversation at its restart."""
+    backend = backend_start("store-writes", AGENT_STORE_WRITE_SECONDS="1")
+    try:
+        assert "written from a forked copy" in backend.log_path.read_text()
+        thread_id = httpx.post(f"{backend.url}/threads", json={}, timeout=10).json()["thread_id"]
+        run = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
+        httpx.post(
+            f"{backend.url}/threads/{thread_id}/runs/wait", json=run, timeout=30
+        ).raise_for_status()
+        answered = time.time()
+
+        def written_at() -> float:
+            stores = (backend.data_dir / ".langgraph_api").glob(".langgraph_*.pckl")
+            return min((p.stat().st_mtime for p in stores), default=0.0)
+
+        # A write of this small store takes milliseconds: one done 1.5 s after the answer began
+        # after it.
+        deadline = time.monotonic() + 15
+        while written_at() < answered + 1.5:
+            assert time.monotonic() < deadline, "the store was not written while it ran"
+            time.sleep(0.2)
+        backend.kill()
+        backend.start()
+        assert _remembered(backend, thread_id) == ["hi"]
+        assert not list((backend.data_dir / ".langgraph_api").glob("*.tmp"))
+    finally:
+        backend.stop()
