@@ -79,7 +79,8 @@ FORGOTTEN_RUN_STATUSES = frozenset({"success", "error", "timeout"})
 # thread's checkpoints, each holding the conversation so far, so the server stalled for longer as
 # its memory grew (`python -m bench.pauses`: 87 ms a write with 54 MB on disk, 236 with 150). A
 # forked copy of the server writes it instead, on Linux (`AGENT_FORKED_STORE_WRITES=0` keeps the
-# runtime's own writes); the server is held only while it forks (9 and 17 ms).
+# runtime's own writes); the server is held only while it forks (9 and 17 ms), and the copy takes
+# about as much memory again as the store while it writes.
 STORE_WRITE_SECONDS = float(os.environ.get("AGENT_STORE_WRITE_SECONDS", "10"))
 STORE_WRITE_TIMEOUT_SECONDS = 120.0
 FORKED_STORE_WRITES = sys.platform == "linux" and os.environ.get(

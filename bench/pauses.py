@@ -7,8 +7,9 @@ echo model padding every reply to about `--reply-words` words), then restarts th
 store, once with the runtime's own writes (pickled in the server, `AGENT_FORKED_STORE_WRITES=0`)
 and once with `agent.server`'s forked ones, and each time asks its health check every 5 ms for
 `--seconds` while it is idle: every answer that took long is the server held. It prints the
-store's size on disk and the answers' times, p50, p99 and the longest, and how many took over
-50 ms.
+store's size on disk, the answers' times (p50, p99, the longest, and how many took over 50 ms),
+the server's memory, and the most memory a forked copy made its own while it wrote (the pages it
+touched, copied from the server's).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from agent.server import STORE_WRITE_SECONDS, EmbeddedBackend
-from bench.relay import percentile
+from bench.relay import percentile, proc_status_kib
 
 SLOW_MS = 50.0
 PROBE_EVERY_S = 0.005
@@ -50,10 +51,30 @@ def store_size_mb(data_dir: Path) -> float:
     return sum(p.stat().st_size for p in (data_dir / ".langgraph_api").glob("*.pckl")) / 1e6
 
 
-def probe(url: str, *, seconds: float, store: Path) -> tuple[list[float], int]:
-    """The health check's answer times, in ms, asked every PROBE_EVERY_S for `seconds`, and how
-    many times `store` was written meanwhile."""
-    times, writes = [], set()
+def copies_private_mb(pid: int) -> float:
+    """The memory that the children of `pid` (a forked copy writing the store) have made their
+    own so far: the pages they wrote to, copied from the server's."""
+    total_kib = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                rollup = Path(f"/proc/{child}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            for line in rollup.splitlines():
+                if line.startswith(("Private_Dirty:", "Private_Clean:")):
+                    total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
+def probe(url: str, *, pid: int, seconds: float, store: Path) -> tuple[list[float], int, float]:
+    """The health check's answer times, in ms, asked every PROBE_EVERY_S for `seconds`; how many
+    times `store` was written meanwhile; and the most memory a copy writing it took (MiB)."""
+    times, writes, copy_mib = [], set(), 0.0
     with httpx.Client(base_url=url, timeout=30) as client:
         first = store.stat().st_mtime_ns
         end = time.monotonic() + seconds
@@ -62,8 +83,9 @@ def probe(url: str, *, seconds: float, store: Path) -> tuple[list[float], int]:
             client.get("/ok").raise_for_status()
             times.append((time.perf_counter() - started) * 1000)
             writes.add(store.stat().st_mtime_ns)
+            copy_mib = max(copy_mib, copies_private_mb(pid))
             time.sleep(PROBE_EVERY_S)
-    return times, len(writes - {first})
+    return times, len(writes - {first}), copy_mib
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,17 +111,23 @@ def main(argv: list[str] | None = None) -> None:
             f"{STORE_WRITE_SECONDS:.0f} s"
         )
         print(f"{'store written':>14} {'writes':>7} {'answers':>8} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'max ms':>8} {'>' + str(int(SLOW_MS)) + ' ms':>8}")  # fmt: skip
+              f"{'max ms':>8} {'>' + str(int(SLOW_MS)) + ' ms':>8} {'server MiB':>10} "
+              f"{'copy MiB':>9}")  # fmt: skip
         for name, forked in (("in the server", "0"), ("forked", "1")):
             log_path = data_dir / f"probe-{forked}.log"
             backend_env = {**env, "AGENT_FORKED_STORE_WRITES": forked}
             with EmbeddedBackend(env=backend_env, data_dir=data_dir, log_path=log_path) as b:
                 time.sleep(2)  # past the start's own work
-                times, writes = probe(b.url, seconds=args.seconds, store=ops_store)
+                pid = b.process.pid
+                times, writes, copy_mib = probe(
+                    b.url, pid=pid, seconds=args.seconds, store=ops_store
+                )
+                server_mib = proc_status_kib(pid, "VmRSS") / 1024
             slow = sum(t > SLOW_MS for t in times)
             print(
                 f"{name:>14} {writes:>7} {len(times):>8} {percentile(times, 50):>8.1f} "
-                f"{percentile(times, 99):>8.1f} {max(times):>8.1f} {slow:>8}"
+                f"{percentile(times, 99):>8.1f} {max(times):>8.1f} {slow:>8} "
+                f"{server_mib:>10.0f} {copy_mib:>9.0f}"
             )
 
 
