@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -77,10 +78,11 @@ FORGOTTEN_RUN_STATUSES = frozenset({"success", "error", "timeout"})
 # `langgraph dev` writes its whole store to `.langgraph_api/` every 10 s (the runtime's interval;
 # `AGENT_STORE_WRITE_SECONDS`), changed or not, pickling it while holding the interpreter: every
 # thread's checkpoints, each holding the conversation so far, so the server stalled for longer as
-# its memory grew (`python -m bench.pauses`: 87 ms a write with 54 MB on disk, 236 with 150). A
-# forked copy of the server writes it instead, on Linux (`AGENT_FORKED_STORE_WRITES=0` keeps the
-# runtime's own writes); the server is held only while it forks (9 and 17 ms), and the copy takes
-# about as much memory again as the store while it writes.
+# its memory grew (`python -m bench.pauses`: 87 to 96 ms a write with 54 MB on disk, 236 to 250
+# with 150). A forked copy of the server writes it instead, on Linux (`AGENT_FORKED_STORE_WRITES=0`
+# keeps the runtime's own writes), and only the files whose store changed; the server is held
+# only while it forks (6 to 17 ms), and the copy takes about as much memory again as the store
+# while it writes.
 STORE_WRITE_SECONDS = float(os.environ.get("AGENT_STORE_WRITE_SECONDS", "10"))
 STORE_WRITE_TIMEOUT_SECONDS = 120.0
 FORKED_STORE_WRITES = sys.platform == "linux" and os.environ.get(
@@ -319,10 +321,11 @@ def patch_store_writes() -> bool:
 
 def stores_write_forked(stores: list) -> bool:
     """Writes each of `stores` (the runtime's `PersistentDict`s) to its file as its `sync`
-    would (pickled into a file beside it, then moved over it), from a forked copy of this
-    process, and returns whether the copy wrote them all. This process is held only while it
-    forks, and the copy sees every store as it was at that instant. Should a store fail to
-    pickle, every file is left as it was."""
+    would (pickled as its `dump` does, into a file beside it, then moved over it), from a forked
+    copy of this process, and returns whether the copy wrote them all. This process is held only
+    while it forks, and the copy sees every store as it was at that instant. A file that already
+    holds what its store pickles to is not written again (an idle server rewrote its whole store
+    every 10 s); should a store fail to pickle, every file is left as it was."""
     try:
         pid = os.fork()
     except OSError:
@@ -336,13 +339,18 @@ def stores_write_forked(stores: list) -> bool:
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            written = []
+            changed = {}
             for store in stores:
                 if store.flag != "r":
-                    with open(f"{store.filename}.{os.getpid()}.tmp", "wb") as file:
-                        store.dump(file)
-                    written.append(store.filename)
-            for filename in written:  # only once every store is pickled
+                    # As `PersistentDict.dump` writes it, into memory: the pickler holds the whole
+                    # of it before writing anyway (protocol 2 has no frames).
+                    pickled = pickle.dumps(dict(store), 2)
+                    if not file_holds(store.filename, memoryview(pickled)):
+                        changed[store.filename] = pickled
+            for filename, pickled in changed.items():
+                with open(f"{filename}.{os.getpid()}.tmp", "wb") as file:
+                    file.write(pickled)
+            for filename in changed:  # only once every store is written
                 os.replace(f"{filename}.{os.getpid()}.tmp", filename)
             status = 0
         finally:
@@ -360,6 +368,21 @@ def stores_write_forked(stores: list) -> bool:
         with contextlib.suppress(OSError):
             os.remove(f"{store.filename}.{pid}.tmp")
     return False
+
+
+def file_holds(path: str, data: memoryview, *, chunk: int = 1 << 20) -> bool:
+    """Whether the file at `path` holds exactly `data` (read a chunk at a time: the stores are
+    large)."""
+    try:
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size != len(data):
+                return False
+            for start in range(0, len(data), chunk):
+                if file.read(chunk) != data[start : start + chunk]:
+                    return False
+            return True
+    except OSError:
+        return False
 
 
 def keep_idle_connections() -> None:

@@ -6,7 +6,8 @@ embedded backend's store with remembered conversations (`--threads` of `--exchan
 echo model padding every reply to about `--reply-words` words), then restarts the backend on that
 store, once with the runtime's own writes (pickled in the server, `AGENT_FORKED_STORE_WRITES=0`)
 and once with `agent.server`'s forked ones, and each time asks its health check every 5 ms for
-`--seconds` while it is idle: every answer that took long is the server held. It prints the
+`--seconds` while it is otherwise idle (a thread's metadata changes once a second, so that there
+is something to write): every answer that took long is the server held. It prints the
 store's size on disk, the answers' times (p50, p99, the longest, and how many took over 50 ms),
 the server's memory, and the most memory a forked copy made its own while it wrote (the pages it
 touched, copied from the server's).
@@ -73,12 +74,23 @@ def copies_private_mb(pid: int) -> float:
 
 def probe(url: str, *, pid: int, seconds: float, store: Path) -> tuple[list[float], int, float]:
     """The health check's answer times, in ms, asked every PROBE_EVERY_S for `seconds`; how many
-    times `store` was written meanwhile; and the most memory a copy writing it took (MiB)."""
+    times `store` was written meanwhile; and the most memory a copy writing it took (MiB).
+
+    Once a second a thread's metadata changes (not timed): a store unchanged since its last
+    write is not written again from a forked copy, and the runs of a chat would hold the server
+    themselves."""
     times, writes, copy_mib = [], set(), 0.0
     with httpx.Client(base_url=url, timeout=30) as client:
+        thread = client.post("/threads", json={"metadata": {"bench": "pauses"}})
+        thread_path = f"/threads/{thread.raise_for_status().json()['thread_id']}"
         first = store.stat().st_mtime_ns
         end = time.monotonic() + seconds
+        changed_at = 0.0
         while time.monotonic() < end:
+            if time.monotonic() - changed_at >= 1:
+                changed_at = time.monotonic()
+                patch = {"metadata": {"probe": changed_at}}
+                client.patch(thread_path, json=patch).raise_for_status()
             started = time.perf_counter()
             client.get("/ok").raise_for_status()
             times.append((time.perf_counter() - started) * 1000)

@@ -326,9 +326,9 @@ def test_each_embedded_backend_keeps_its_own_memory_across_its_restarts(tmp_path
 def test_a_forked_copy_writes_the_stores_as_the_runtime_would_and_a_failed_one_leaves_them(
     tmp_path,
 ):
-    """What the copy writes loads back as the store was when it forked; a store it cannot write
-    (here one holding a lock, which pickle refuses) leaves every file as it was, and no
-    half-written file beside them."""
+    """What the copy writes loads back as the store was when it forked, and a store unchanged
+    since is not written again; a store it cannot write (here one holding a lock, which pickle
+    refuses) leaves every file as it was, and no half-written file beside them."""
     runs = PersistentDict(list, filename=str(tmp_path / "ops.pckl"))
     checkpoints = PersistentDict(dict, filename=str(tmp_path / "checkpoints.pckl"))
     runs["runs"] = [{"run_id": uuid4(), "status": "success", "updated_at": datetime.now(UTC)}]
@@ -337,6 +337,17 @@ def test_a_forked_copy_writes_the_stores_as_the_runtime_would_and_a_failed_one_l
     for store in (runs, checkpoints):
         with open(store.filename, "rb") as file:
             assert pickle.load(file) == dict(store)
+
+    def files() -> dict[str, int]:  # a file written anew is a new one, moved over the old
+        return {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
+
+    first = files()
+    runs["runs"].append({"run_id": uuid4(), "status": "pending", "updated_at": datetime.now(UTC)})
+    assert stores_write_forked([runs, checkpoints])
+    assert files()["checkpoints.pckl"] == first["checkpoints.pckl"], "unchanged, not rewritten"
+    assert files()["ops.pckl"] != first["ops.pckl"]
+    with open(runs.filename, "rb") as file:
+        assert pickle.load(file) == dict(runs)
 
     written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     checkpoints["thread"]["messages"].append("three")
@@ -356,16 +367,13 @@ def test_the_embedded_backend_writes_its_store_while_it_runs_so_a_crash_keeps_th
         httpx.post(
             f"{backend.url}/threads/{thread_id}/runs/wait", json=run, timeout=30
         ).raise_for_status()
-        answered = time.time()
 
-        def written_at() -> float:
-            stores = (backend.data_dir / ".langgraph_api").glob(".langgraph_*.pckl")
-            return min((p.stat().st_mtime for p in stores), default=0.0)
+        def written() -> bool:  # the thread's checkpoints are keyed by its id, pickled as text
+            stores = (backend.data_dir / ".langgraph_api").glob(".langgraph_checkpoint.*.pckl")
+            return any(thread_id.encode() in p.read_bytes() for p in stores)
 
-        # A write of this small store takes milliseconds: one done 1.5 s after the answer began
-        # after it.
         deadline = time.monotonic() + 15
-        while written_at() < answered + 1.5:
+        while not written():
             assert time.monotonic() < deadline, "the store was not written while it ran"
             time.sleep(0.2)
         backend.kill()
