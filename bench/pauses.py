@@ -52,7 +52,7 @@ def store_size_mb(data_dir: Path) -> float:
     return sum(p.stat().st_size for p in (data_dir / ".langgraph_api").glob("*.pckl")) / 1e6
 
 
-def copies_private_mb(pid: int) -> float:
+def copies_private_mib(pid: int) -> float:
     """The memory that the children of `pid` (a forked copy writing the store) have made their
     own so far: the pages they wrote to, copied from the server's."""
     total_kib = 0
@@ -95,7 +95,7 @@ def probe(url: str, *, pid: int, seconds: float, store: Path) -> tuple[list[floa
             client.get("/ok").raise_for_status()
             times.append((time.perf_counter() - started) * 1000)
             writes.add(store.stat().st_mtime_ns)
-            copy_mib = max(copy_mib, copies_private_mb(pid))
+            copy_mib = max(copy_mib, copies_private_mib(pid))
             time.sleep(PROBE_EVERY_S)
     return times, len(writes - {first}), copy_mib
 

@@ -259,18 +259,7 @@ def test_the_embedded_backend_forgets_ended_runs_and_the_assistant_still_remembe
     run's record a while after it ended (here a second); the thread keeps every message."""
     backend = backend_start("forget", AGENT_FINISHED_RUN_SECONDS="1")
     try:
-        thread_id = httpx.post(f"{backend.url}/threads", json={}, timeout=10).json()["thread_id"]
-
-        def send(text: str) -> str:
-            run = {
-                "assistant_id": "agent",
-                "input": {"messages": [{"role": "user", "content": text}]},
-            }
-            response = httpx.post(
-                f"{backend.url}/threads/{thread_id}/runs/wait", json=run, timeout=30
-            )
-            response.raise_for_status()
-            return response.json()["messages"][-1]["content"]
+        thread_id = _thread_new(backend)
 
         def runs_kept() -> list[dict]:
             response = httpx.get(f"{backend.url}/threads/{thread_id}/runs", timeout=10)
@@ -278,16 +267,30 @@ def test_the_embedded_backend_forgets_ended_runs_and_the_assistant_still_remembe
             return response.json()
 
         for text in ("one", "two", "three"):
-            send(text)
+            _say(backend, thread_id, text)
         assert runs_kept(), "a run that just ended is still there"
         deadline = time.monotonic() + 15
         while runs_kept():
             assert time.monotonic() < deadline, "the runs that ended were never forgotten"
             time.sleep(0.2)
-        assert seen_count(send("four")) == 4
+        assert seen_count(_say(backend, thread_id, "four")) == 4
         assert _remembered(backend, thread_id) == ["one", "two", "three", "four"]
     finally:
         backend.stop()
+
+
+def _thread_new(backend: EmbeddedBackend) -> str:
+    response = httpx.post(f"{backend.url}/threads", json={}, timeout=10)
+    response.raise_for_status()
+    return response.json()["thread_id"]
+
+
+def _say(backend: EmbeddedBackend, thread_id: str, text: str) -> str:
+    """Sends `text` on the thread and returns the reply, once the run is over."""
+    run = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": text}]}}
+    response = httpx.post(f"{backend.url}/threads/{thread_id}/runs/wait", json=run, timeout=30)
+    response.raise_for_status()
+    return response.json()["messages"][-1]["content"]
 
 
 def _remembered(backend: EmbeddedBackend, thread_id: str) -> list[str]:
@@ -308,11 +311,8 @@ def test_each_embedded_backend_keeps_its_own_memory_across_its_restarts(tmp_path
     try:
         mine.start()
         other.start()
-        thread_id = httpx.post(f"{mine.url}/threads", json={}, timeout=10).json()["thread_id"]
-        run = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
-        httpx.post(
-            f"{mine.url}/threads/{thread_id}/runs/wait", json=run, timeout=30
-        ).raise_for_status()
+        thread_id = _thread_new(mine)
+        _say(mine, thread_id, "hi")
         mine.stop()
         assert _remembered(other, thread_id) == []
         other.stop()
@@ -362,11 +362,8 @@ def test_the_embedded_backend_writes_its_store_while_it_runs_so_a_crash_keeps_th
     backend = backend_start("store-writes", AGENT_STORE_WRITE_SECONDS="1")
     try:
         assert "written from a forked copy" in backend.log_path.read_text()
-        thread_id = httpx.post(f"{backend.url}/threads", json={}, timeout=10).json()["thread_id"]
-        run = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hi"}]}}
-        httpx.post(
-            f"{backend.url}/threads/{thread_id}/runs/wait", json=run, timeout=30
-        ).raise_for_status()
+        thread_id = _thread_new(backend)
+        _say(backend, thread_id, "hi")
 
         def written() -> bool:  # the thread's checkpoints are keyed by its id, pickled as text
             stores = (backend.data_dir / ".langgraph_api").glob(".langgraph_checkpoint.*.pckl")
