@@ -691,3 +691,9 @@ def test_list_pages_cost_the_same_queries_for_1_and_200_conversations(
     assert Conversation.objects.count() == 200
     assert with_many == with_one
     assert max(with_one.values()) <= 8, with_one
+
+
+def test_the_console_names_the_sites_icon_and_keeps_its_own_header(admin_client):
+    page = admin_client.get("/admin/").content.decode()
+    assert re.search(r'<link rel="icon" href="/static/runs/icon\.[0-9a-f.]*svg"', page)
+    assert "Chat review console" in page

@@ -19,6 +19,7 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 
@@ -885,6 +886,19 @@ def test_every_control_is_labelled(new_page, site):
         ("link", "New chat"),
     ]:
         expect(page.get_by_role(role, name=name)).to_be_visible()
+
+
+def test_the_page_loads_without_a_failed_request_and_has_a_tab_icon(new_page, site):
+    page = new_page()
+    failed = []
+    page.on("response", lambda response: response.ok or failed.append(response.url))
+    page.goto(site.url)
+    chat(page, "icon check", number=1, seen=1)
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    response = page.request.get(urljoin(site.url, icon))
+    assert response.ok and response.headers["content-type"].startswith("image/svg+xml")
+    # Browsers ask for /favicon.ico when a page names no icon; this one names one.
+    assert not failed, f"failed requests: {failed}"
 
 
 def test_phones_and_dark_mode(new_page, site):
