@@ -98,6 +98,27 @@ def test_real_smollm2_streams_tokens_through_the_graph():
 
 
 @pytest.mark.model
+def test_real_smollm2_lists_the_week_once_instead_of_looping_to_its_token_limit(monkeypatch):
+    """Greedy, so the same every time; llama.cpp's own repeat penalty (1.0) made this reply
+    "Monday, ..., Sunday, Monday, ..." until the limit cut it."""
+    monkeypatch.delenv("AGENT_LOCAL_REPEAT_PENALTY", raising=False)
+    monkeypatch.setenv("AGENT_LOCAL_TEMPERATURE", "0")
+    model = chat_model_from_env()
+    assert (model.temperature, model.repeat_penalty) == (0.0, 1.2)
+    chunks = [
+        chunk
+        for chunk, _metadata in build_graph(model).stream(
+            {"messages": [{"role": "user", "content": "List the days of the week."}]},
+            stream_mode="messages",
+        )
+        if isinstance(chunk, AIMessageChunk)
+    ]
+    reply = "".join(chunk.content for chunk in chunks)
+    assert reply.count("Monday") == 1 and "Sunday" in reply, reply
+    assert not any(chunk.response_metadata.get("finish_reason") for chunk in chunks), reply
+
+
+@pytest.mark.model
 def test_real_smollm2_says_when_it_stops_at_its_token_limit():
     graph = build_graph(LocalChatModel(max_tokens=4, temperature=0.0))
     chunks = [
