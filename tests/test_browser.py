@@ -63,8 +63,11 @@ def echo(text: str, seen: int) -> str:
 # Servers.
 
 
-def fresh_site(name: str, *, backend_url: str, template_db: Path, workdir: Path) -> LiveSite:
-    """A site (daphne, as `make run` starts it) on its own copy of the migrated database."""
+def fresh_site(
+    name: str, *, backend_url: str, template_db: Path, workdir: Path, **settings: str
+) -> LiveSite:
+    """A site (daphne, as `make run` starts it) on its own copy of the migrated database, with
+    `settings` in its environment."""
     database = workdir / f"{name}.sqlite3"
     shutil.copyfile(template_db, database)
     env = site_env(
@@ -72,6 +75,7 @@ def fresh_site(name: str, *, backend_url: str, template_db: Path, workdir: Path)
         backend_url=backend_url,
         # django-environ reads an absolute path after four slashes.
         EMAIL_URL=f"filemail:///{mailbox(workdir, name)}",
+        **settings,
     )
     return LiveSite(name, env=env)
 
@@ -154,6 +158,18 @@ def site(langgraph: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]
 def slow_site(langgraph_slow: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]:
     """The site on the slow echo model: a reply streams for about 4 s."""
     yield from serving("slow", langgraph_slow.url, template_db=template_db, workdir=workdir)
+
+
+@pytest.fixture(scope="module")
+def batched_site(langgraph_slow: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]:
+    """The slow echo model behind a site that batches every reply's tokens, 400 ms a frame, as a
+    busy site does (about seven tokens a frame)."""
+    server = fresh_site(
+        "batched", backend_url=langgraph_slow.url, template_db=template_db, workdir=workdir,
+        CHAT_BATCH_DELTAS_FROM="1", CHAT_BATCH_DELTAS_MS="400",
+    )  # fmt: skip
+    yield server.start()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -744,6 +760,54 @@ def test_a_delta_lost_on_the_way_is_recovered_while_the_reply_streams(new_page, 
     expect(streaming(page)).to_contain_text(echo("keep talking", 1) + " w0 w1")
     assert page.evaluate("window.__dropped") == "keep "
     reply_is(page, 1, echo("keep talking", 1) + SLOW_TAIL)
+
+
+# Records the `run.delta` frames the page gets and every text its streaming reply shows.
+RECORD_FRAMES_AND_SHOWN_TEXT = """
+window.__frames = [];
+window.__shown = [];
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  addEventListener(type, listener, ...rest) {
+    if (type !== "message") return super.addEventListener(type, listener, ...rest);
+    return super.addEventListener(type, (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type === "run.delta") window.__frames.push(frame.text);
+      listener(event);
+    }, ...rest);
+  }
+};
+new MutationObserver(() => {
+  const text = document.querySelector("#transcript .stream-text")?.textContent;
+  if (text && text !== window.__shown.at(-1)) window.__shown.push(text);
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+def test_a_reply_sent_several_words_a_frame_is_still_written_out_word_by_word(
+    new_page, batched_site
+):
+    page = new_page()
+    page.add_init_script(RECORD_FRAMES_AND_SHOWN_TEXT)
+    page.goto(batched_site.url)
+    say(page, "a word at a time")
+    reply_is(page, 1, echo("a word at a time", 1) + SLOW_TAIL)
+    frames, shown = page.evaluate("[window.__frames, window.__shown]")
+    reply = "".join(frames)
+    assert reply == echo("a word at a time", 1) + SLOW_TAIL
+    assert sum(len(text.split()) > 1 for text in frames) >= 5, frames  # the server batched
+    # Each text shown is the reply so far, and there were nearly as many as words, not frames.
+    assert all(reply.startswith(text) for text in shown)
+    assert len(shown) >= 0.75 * len(reply.split()) > 3 * len(frames), (len(shown), len(frames))
+
+    # Asked for reduced motion, the page shows each frame's words as they come.
+    still = new_page(reduced_motion="reduce")
+    still.add_init_script(RECORD_FRAMES_AND_SHOWN_TEXT)
+    still.goto(batched_site.url)
+    say(still, "all at once")
+    reply_is(still, 1, echo("all at once", 1) + SLOW_TAIL)
+    frames, shown = still.evaluate("[window.__frames, window.__shown]")
+    assert len(shown) == len(frames)
 
 
 def test_a_second_tab_shows_the_same_reply_streaming(new_context, slow_site):

@@ -302,6 +302,58 @@ function streamingElement(runId, remembered) {
   return item;
 }
 
+// A busy server sends a reply's tokens several to a frame (every CHAT_BATCH_DELTAS_MS, 100 ms
+// by default). Shown as they come, that reply would jump a line at a time; instead a frame of
+// several words is written out a word at a time over about the time until the next frame, so a
+// reply reads the same at any load. A frame of one word shows at once, as does every frame with
+// reduced motion or in a hidden tab; what is still being written shows at once when the next
+// frame comes or the run ends.
+const reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)");
+const FRAME_GAP_MS = { first: 100, least: 30, most: 250 };
+const writing = { node: null, words: [], every: 0, timer: 0, lastFrameAt: 0, gap: FRAME_GAP_MS.first };
+
+function writingFlush() {
+  clearTimeout(writing.timer);
+  writing.timer = 0;
+  if (writing.node && writing.words.length) {
+    const { node, words } = writing;
+    writing.words = [];
+    keepingEnd(() => { node.textContent += words.join(""); });
+  }
+}
+
+function writingReset() {
+  clearTimeout(writing.timer);
+  Object.assign(writing, { node: null, words: [], timer: 0, lastFrameAt: 0 });
+}
+
+function writeNextWord() {
+  const { node } = writing;
+  const word = writing.words.shift();
+  keepingEnd(() => { node.textContent += word; });
+  writing.timer = writing.words.length ? setTimeout(writeNextWord, writing.every) : 0;
+}
+
+function streamAppend(node, text) {
+  const now = performance.now();
+  if (writing.lastFrameAt) {
+    writing.gap = Math.min(FRAME_GAP_MS.most, Math.max(FRAME_GAP_MS.least, now - writing.lastFrameAt));
+  }
+  writing.lastFrameAt = now;
+  writingFlush();
+  writing.node = node;
+  // Each word with the spaces before it, and any trailing spaces: together, exactly `text`.
+  const words = text.match(/\s*\S+|\s+$/g) || [];
+  if (words.length < 2 || words.join("") !== text || reducedMotion.matches || document.hidden) {
+    keepingEnd(() => { node.textContent += text; });
+    return;
+  }
+  // Done a little before the next frame is due.
+  writing.every = (0.8 * writing.gap) / words.length;
+  writing.words = words;
+  writeNextWord();
+}
+
 function setBusy() {
   const streaming = Boolean(state.activeRun);
   stopButton.hidden = !streaming;
@@ -583,6 +635,7 @@ const handlers = {
     setConversation(frame.conversation);
     const pinned = nearBottom();
     log.setAttribute("aria-busy", "true");
+    writingReset();
     transcript.replaceChildren();
     frame.messages.forEach(upsertMessage);
     if (!frame.messages.length && emptyState) transcript.append(emptyState.cloneNode(true));
@@ -623,6 +676,7 @@ const handlers = {
       state.activeRun = frame.run;
       state.activeMode = frame.mode;
       state.lastSeq = 0;
+      writingReset();
       streamingElement(frame.run, remembered);
     });
     if (mine) scrollToEnd();
@@ -663,9 +717,7 @@ const handlers = {
       return;
     }
     state.lastSeq = frame.seq;
-    keepingEnd(() => {
-      streamingElement(frame.run).querySelector(".stream-text").textContent += frame.text;
-    });
+    streamAppend(streamingElement(frame.run).querySelector(".stream-text"), frame.text);
   },
   "run.completed"(frame) {
     finishRun(frame, "The assistant answered.");
@@ -744,6 +796,7 @@ const pageCsrf = csrfCookie();
 
 function finishRun(frame, announcement) {
   const placeholder = transcript.querySelector(`li[data-run="${CSS.escape(frame.run)}"]`);
+  if (placeholder?.contains(writing.node)) writingReset(); // its saved text takes its place
   keepingEnd(() => {
     if (frame.message) {
       const element = messageElement(frame.message);
