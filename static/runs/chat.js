@@ -1195,3 +1195,7 @@ connect();
 scrollToEnd();
 // Phones would pop up the keyboard over the transcript; elsewhere the message box is ready.
 if (window.matchMedia("(pointer: fine)").matches) textBox.focus();
+// Enter pressed in the message box before this script ran (chat.html held it back): sent now.
+window.chatStarted = true;
+document.removeEventListener("keydown", window.chatEarlyEnter);
+if (window.chatEarlyEnterPressed) form.requestSubmit();
