@@ -763,27 +763,38 @@ def test_a_cut_websocket_reconnects_and_the_reply_completes(new_page, slow_site)
     shot(page, "09-reconnected")
 
 
+def frames_seen_first_by(code: str) -> str:
+    """A script for `add_init_script`: `code` sees each frame the page's websocket brings (as
+    `frame`, parsed) before the page does, and drops it by returning true."""
+    script = """
+    const NativeWebSocket = window.WebSocket;
+    window.WebSocket = class extends NativeWebSocket {
+      addEventListener(type, listener, ...rest) {
+        if (type !== "message") return super.addEventListener(type, listener, ...rest);
+        return super.addEventListener(type, (event) => {
+          const frame = JSON.parse(event.data);
+          if ((() => { SEES_FIRST })()) return;
+          listener(event);
+        }, ...rest);
+      }
+    };
+    """
+    return script.replace("SEES_FIRST", code)
+
+
 def test_a_delta_lost_on_the_way_is_recovered_while_the_reply_streams(new_page, slow_site):
     page = new_page()
     # The page never sees the third delta, as when a pub/sub message is dropped.
     page.add_init_script(
-        """
-        window.__dropped = null;
-        const NativeWebSocket = window.WebSocket;
-        window.WebSocket = class extends NativeWebSocket {
-          addEventListener(type, listener, ...rest) {
-            if (type !== "message") return super.addEventListener(type, listener, ...rest);
-            return super.addEventListener(type, (event) => {
-              const frame = JSON.parse(event.data);
-              if (frame.type === "run.delta" && frame.seq === 3 && window.__dropped === null) {
-                window.__dropped = frame.text;
-                return;
-              }
-              listener(event);
-            }, ...rest);
-          }
-        };
-        """
+        "window.__dropped = null;"
+        + frames_seen_first_by(
+            """
+            if (frame.type === "run.delta" && frame.seq === 3 && window.__dropped === null) {
+              window.__dropped = frame.text;
+              return true;
+            }
+            """
+        )
     )
     page.goto(slow_site.url)
     say(page, "keep talking")
@@ -794,25 +805,17 @@ def test_a_delta_lost_on_the_way_is_recovered_while_the_reply_streams(new_page, 
 
 
 # Records the `run.delta` frames the page gets and every text its streaming reply shows.
-RECORD_FRAMES_AND_SHOWN_TEXT = """
+RECORD_FRAMES_AND_SHOWN_TEXT = (
+    frames_seen_first_by('if (frame.type === "run.delta") window.__frames.push(frame.text);')
+    + """
 window.__frames = [];
 window.__shown = [];
-const NativeWebSocket = window.WebSocket;
-window.WebSocket = class extends NativeWebSocket {
-  addEventListener(type, listener, ...rest) {
-    if (type !== "message") return super.addEventListener(type, listener, ...rest);
-    return super.addEventListener(type, (event) => {
-      const frame = JSON.parse(event.data);
-      if (frame.type === "run.delta") window.__frames.push(frame.text);
-      listener(event);
-    }, ...rest);
-  }
-};
 new MutationObserver(() => {
   const text = document.querySelector("#transcript .stream-text")?.textContent;
   if (text && text !== window.__shown.at(-1)) window.__shown.push(text);
 }).observe(document, { subtree: true, childList: true, characterData: true });
 """
+)
 
 
 def test_a_reply_sent_several_words_a_frame_is_still_written_out_word_by_word(
