@@ -101,6 +101,7 @@ def test_real_smollm2_streams_tokens_through_the_graph():
 def test_real_smollm2_lists_the_week_once_instead_of_looping_to_its_token_limit(monkeypatch):
     """Greedy, so the same every time; llama.cpp's own repeat penalty (1.0) made this reply
     "Monday, ..., Sunday, Monday, ..." until the limit cut it."""
+    monkeypatch.setenv("AGENT_MODEL", "local")
     monkeypatch.delenv("AGENT_LOCAL_REPEAT_PENALTY", raising=False)
     monkeypatch.setenv("AGENT_LOCAL_TEMPERATURE", "0")
     model = chat_model_from_env()
