@@ -308,14 +308,12 @@ def patch_store_writes() -> bool:
     _persistence._flush_loop = write_loop
     _persistence._chatsite_forked = True
     if _persistence._flush_thread is not None:
-        # Started at import, when the runtime made its store: replaced by one writing forked.
-        stop_event, thread = _persistence._flush_thread
-        stop_event.set()
-        thread.join()
-        stop_event = threading.Event()
-        thread = threading.Thread(target=write_loop, args=(stop_event,), daemon=True)
-        _persistence._flush_thread = (stop_event, thread)
-        thread.start()
+        # Started at import, when the runtime made its store: stopped, and started again by the
+        # runtime's own registration, which now runs the forked loop.
+        _persistence.stop_flush_loop()
+        for ref in list(_persistence._stores.values()):
+            if (store := ref()) is not None:
+                _persistence.register_persistent_dict(store)
     return True
 
 
@@ -348,10 +346,10 @@ def stores_write_forked(stores: list) -> bool:
                     if not file_holds(store.filename, memoryview(pickled)):
                         changed[store.filename] = pickled
             for filename, pickled in changed.items():
-                with open(f"{filename}.{os.getpid()}.tmp", "wb") as file:
+                with open(_written_beside(filename, os.getpid()), "wb") as file:
                     file.write(pickled)
             for filename in changed:  # only once every store is written
-                os.replace(f"{filename}.{os.getpid()}.tmp", filename)
+                os.replace(_written_beside(filename, os.getpid()), filename)
             status = 0
         finally:
             os._exit(status)
@@ -366,8 +364,13 @@ def stores_write_forked(stores: list) -> bool:
         return True
     for store in stores:
         with contextlib.suppress(OSError):
-            os.remove(f"{store.filename}.{pid}.tmp")
+            os.remove(_written_beside(store.filename, pid))
     return False
+
+
+def _written_beside(filename: str, pid: int) -> str:
+    """The file beside `filename` that the copy `pid` writes before moving it over."""
+    return f"{filename}.{pid}.tmp"
 
 
 def file_holds(path: str, data: memoryview, *, chunk: int = 1 << 20) -> bool:

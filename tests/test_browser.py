@@ -141,9 +141,14 @@ def template_db(workdir) -> Path:
     return path
 
 
-def serving(name: str, backend_url: str, *, template_db: Path, workdir: Path) -> Iterator[LiveSite]:
-    """A fresh site on that backend, for a fixture to yield from; stopped after."""
-    server = fresh_site(name, backend_url=backend_url, template_db=template_db, workdir=workdir)
+def serving(
+    name: str, backend_url: str, *, template_db: Path, workdir: Path, **settings: str
+) -> Iterator[LiveSite]:
+    """A fresh site on that backend, with `settings` in its environment, for a fixture to yield
+    from; stopped after."""
+    server = fresh_site(
+        name, backend_url=backend_url, template_db=template_db, workdir=workdir, **settings
+    )
     yield server.start()
     server.stop()
 
@@ -164,12 +169,10 @@ def slow_site(langgraph_slow: EmbeddedBackend, template_db, workdir) -> Iterator
 def batched_site(langgraph_slow: EmbeddedBackend, template_db, workdir) -> Iterator[LiveSite]:
     """The slow echo model behind a site that batches every reply's tokens, 400 ms a frame, as a
     busy site does (about seven tokens a frame)."""
-    server = fresh_site(
-        "batched", backend_url=langgraph_slow.url, template_db=template_db, workdir=workdir,
+    yield from serving(
+        "batched", langgraph_slow.url, template_db=template_db, workdir=workdir,
         CHAT_BATCH_DELTAS_FROM="1", CHAT_BATCH_DELTAS_MS="400",
     )  # fmt: skip
-    yield server.start()
-    server.stop()
 
 
 @pytest.fixture(scope="module")
