@@ -224,7 +224,7 @@ CHAT_MAX_SOCKETS_PER_SESSION = env.int("CHAT_MAX_SOCKETS_PER_SESSION", default=1
 CHAT_MAX_SOCKETS = env.int("CHAT_MAX_SOCKETS", default=2000)  # per process, all owners
 # Under load, a reply's deltas after its first go out at most every CHAT_BATCH_DELTAS_MS (0: never
 # batched), while the process relays at least CHAT_BATCH_DELTAS_FROM replies.
-CHAT_BATCH_DELTAS_FROM = env.int("CHAT_BATCH_DELTAS_FROM", default=20)
+CHAT_BATCH_DELTAS_FROM = env.int("CHAT_BATCH_DELTAS_FROM", default=8)
 CHAT_BATCH_DELTAS_MS = env.int("CHAT_BATCH_DELTAS_MS", default=100)
 
 LOGGING = {
