@@ -534,6 +534,7 @@ class RunAdmin(admin.ModelAdmin):
         "error_code",
         "error_message",
         "notice",
+        "continues",
         "backend_run_id",
         "thread_id",
         "messages_display",

@@ -38,6 +38,7 @@ STATUS_BY_CODE = {
     "not_found": 404,
     "busy": 409,
     "no_reply": 409,
+    "not_continuable": 409,
     "text_too_long": 413,
     "rate_limited": 429,
     "backend_error": 502,
@@ -127,6 +128,17 @@ async def conversation_regenerate(
         message_id=uuid_field(body, "message"),
         text=body.get("text"),
     )
+    return reply_response(outcome)
+
+
+@require_http_methods(["POST"])
+@api_view
+async def conversation_continue(
+    request: HttpRequest, owner: Owner, conversation_id: uuid.UUID
+) -> JsonResponse:
+    if request.body and json_body(request):
+        raise InvalidRequest("Nothing can be given: the last reply is continued.")
+    outcome = await services.chat_continue_wait(owner=owner, conversation_id=conversation_id)
     return reply_response(outcome)
 
 

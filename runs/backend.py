@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -74,6 +74,14 @@ class ReplyCut:
 
 
 StreamEvent = RunStarted | TextDelta | ReplyCut
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    """A message sent before the user's new one: `role` "user" or "assistant"."""
+
+    role: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,14 +368,17 @@ class RunBackend:
         self,
         *,
         text: str,
+        history: Sequence[ChatTurn],
         thread_id: str | None,
         on_disconnect: OnDisconnect,
         multitask_strategy: MultitaskStrategy,
         stream: bool,
     ) -> dict[str, Any]:
+        messages = [{"role": turn.role, "content": turn.text} for turn in history]
+        messages.append({"role": "user", "content": text})
         body: dict[str, Any] = {
             "assistant_id": self.config.assistant_id,
-            "input": {"messages": [{"role": "user", "content": text}]},
+            "input": {"messages": messages},
             # Sent explicitly: the server's default is "continue".
             "on_disconnect": on_disconnect,
         }
@@ -383,12 +394,14 @@ class RunBackend:
         self,
         *,
         text: str,
+        history: Sequence[ChatTurn] = (),
         thread_id: str | None = None,
         on_disconnect: OnDisconnect = "cancel",
         multitask_strategy: MultitaskStrategy = "reject",
         on_sent: Callable[[], None] | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        """Starts a run (stateless without `thread_id`) and yields its events.
+        """Starts a run (stateless without `thread_id`) on the user's `text`, after the turns
+        of `history` (what a stateless run must be told again), and yields its events.
 
         The first event is always `RunStarted`. Close the generator (`contextlib.aclosing`)
         to drop the stream; with `on_disconnect="cancel"` that cancels the run. `on_sent` is
@@ -399,6 +412,7 @@ class RunBackend:
         url = self._url(path)
         body = self._run_body(
             text=text,
+            history=history,
             thread_id=thread_id,
             on_disconnect=on_disconnect,
             multitask_strategy=multitask_strategy,
@@ -463,6 +477,7 @@ class RunBackend:
         self,
         *,
         text: str,
+        history: Sequence[ChatTurn] = (),
         thread_id: str | None = None,
         multitask_strategy: MultitaskStrategy = "reject",
     ) -> WaitResult:
@@ -470,6 +485,7 @@ class RunBackend:
         url = self._url("/runs/wait" if thread_id is None else f"/threads/{thread_id}/runs/wait")
         body = self._run_body(
             text=text,
+            history=history,
             thread_id=thread_id,
             on_disconnect="cancel",
             multitask_strategy=multitask_strategy,

@@ -242,6 +242,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         await self.launch(started)
 
+    async def on_chat_continue(self, frame: dict[str, Any], client_id: str | None) -> None:
+        started = await services.chat_continue(
+            owner=self.owner,
+            conversation_id=_uuid_field(frame, "conversation"),
+            client_id=client_id,
+            signed_in_session=self._signed_in_session(),
+        )
+        await self.launch(started)
+
     async def launch(self, started: services.StartedRun) -> None:
         # Subscribe before the run is announced, so this socket sees all of it.
         await self.watch(started.conversation.id)
@@ -312,11 +321,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # These check the session in the call that saves their message (a trip to the database
     # thread fewer); every other frame of a signed-in socket checks it before it acts.
-    STARTS_CHECKING_THE_SESSION = ("chat.send", "chat.regenerate")
+    STARTS_CHECKING_THE_SESSION = ("chat.send", "chat.regenerate", "chat.continue")
 
     FRAME_HANDLERS = {
         "chat.send": on_chat_send,
         "chat.regenerate": on_chat_regenerate,
+        "chat.continue": on_chat_continue,
         "chat.cancel": on_chat_cancel,
         "conversation.watch": on_conversation_watch,
         "conversation.memory": on_conversation_memory,

@@ -122,6 +122,13 @@ class NoReply(ChatError):
     default_message = "Nothing to regenerate or edit yet: the last message has no reply."
 
 
+class NotContinuable(ChatError):
+    code = "not_continuable"
+    default_message = (
+        "Only the last reply, when the assistant's length limit cut it, can be continued."
+    )
+
+
 class SignedOut(ChatError):
     """The session a socket was opened with no longer signs its user in."""
 

@@ -66,6 +66,10 @@ class Conversation(models.Model):
         return bool(self.share_token)
 
 
+# Told with a reply the model stopped at its length limit: Continue asks it to go on.
+REPLY_CUT_NOTICE = "The reply reached the assistant's length limit, so it stops here."
+
+
 class Run(models.Model):
     class Mode(models.TextChoices):
         THREAD = "thread", "thread (remembered)"
@@ -110,6 +114,11 @@ class Run(models.Model):
     # asks. Kept, so that asking again after it failed still does (see services).
     rewind_thread_id = models.CharField(max_length=64, blank=True)
     rewind_run_ids = models.JSONField(default=list, blank=True)
+    # A continuation's: the reply cut at the length limit that it goes on with. Its text is
+    # added to that reply, which then names this run.
+    continues = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-started_at"]
@@ -126,6 +135,10 @@ class Run(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def cut_at_length_limit(self) -> bool:
+        return REPLY_CUT_NOTICE in self.notice
 
     @property
     def time_to_first_token(self):

@@ -259,6 +259,8 @@ def message_to_dict(message: Message, run: Run | None = None) -> dict[str, Any]:
             data["error"] = {"code": run.error_code, "message": run.error_message}
         if run.notice:
             data["notice"] = run.notice
+        # Cut at the length limit: the last such reply can be continued.
+        data["cut"] = run.status == Run.Status.COMPLETED and run.cut_at_length_limit
     return data
 
 

@@ -35,13 +35,15 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from runs import sql
-from runs.backend import ReplyCut, RunStarted, TextDelta, get_backend
+from runs.backend import ChatTurn, ReplyCut, RunStarted, TextDelta, get_backend
 from runs.db import db_batched, db_call
 from runs.exceptions import (
     Busy,
     ChatError,
     EmptyText,
     InvalidRequest,
+    NoReply,
+    NotContinuable,
     NotFound,
     RateLimited,
     RunConflict,
@@ -49,7 +51,7 @@ from runs.exceptions import (
     TextTooLong,
     ThreadNotFound,
 )
-from runs.models import Conversation, Message, Run
+from runs.models import REPLY_CUT_NOTICE, Conversation, Message, Run
 from runs.selectors import (
     Owner,
     conversation_get,
@@ -71,7 +73,11 @@ MEMORY_LOST_NOTICE = (
     "The assistant's earlier memory of this conversation was gone from the backend, "
     "so it started a fresh memory with this message."
 )
-REPLY_CUT_NOTICE = "The reply reached the assistant's length limit, so it stops here."
+# What a continuation asks the model, in place of a message of the user's (never shown in the
+# transcript; a thread remembers it, as it remembers the reply it goes on with).
+CONTINUE_PROMPT = (
+    "Continue your last reply from exactly where it stopped, without repeating any of it."
+)
 
 
 # Frames and groups.
@@ -293,6 +299,10 @@ class StartedRun:
     # What a regeneration takes the place of: the old reply and what came after it (edited,
     # the old message too). What of it the thread remembers is the run's `rewind_run_ids`.
     replaces: tuple[Message, ...] = ()
+    # A continuation's: the cut reply it goes on with, and (stateless) the exchange it is told
+    # again before CONTINUE_PROMPT.
+    continues: Message | None = None
+    history: tuple[ChatTurn, ...] = ()
 
     def started_frame(self) -> dict[str, Any]:
         return {
@@ -303,6 +313,7 @@ class StartedRun:
             "user_message": message_to_dict(self.user_message),
             "client_id": self.client_id,
             "replaces": [str(message.id) for message in self.replaces],
+            "continues": str(self.continues.id) if self.continues is not None else None,
         }
 
 
@@ -326,6 +337,7 @@ def _run_claim(
     relay_channel: str,
     changes: dict[str, Any],
     rewind_run_ids: tuple[str, ...] = (),
+    continues: Message | None = None,
 ) -> Run:
     """Saves a pending run and claims the conversation for it, with `changes` to its row; Busy
     when a run of it is active. The claim: only the request that sets active_run from empty (or
@@ -339,6 +351,7 @@ def _run_claim(
             thread_id=conversation.thread_id if mode == Run.Mode.THREAD else "",
             rewind_thread_id=conversation.thread_id if rewind_run_ids else "",
             rewind_run_ids=list(rewind_run_ids),
+            continues=continues,
         )
     )
     claim = {"active_run": run, **changes, "updated_at": timezone.now()}
@@ -559,6 +572,67 @@ async def chat_regenerate(
     )
 
 
+def _chat_continue(
+    *, owner: Owner, conversation_id: Any, client_id: str | None, relay_channel: str
+) -> StartedRun:
+    _rate_limit_check(owner=owner)
+    with transaction.atomic(savepoint=False):
+        conversation = _conversation_lock_at_rest(owner=owner, conversation_id=conversation_id)
+        try:
+            user_message, *_, reply = transcript_from(conversation_id=conversation.pk)
+        except (NoReply, ValueError):
+            raise NotContinuable() from None
+        run = reply.run
+        if run is None or run.status != Run.Status.COMPLETED or not run.cut_at_length_limit:
+            raise NotContinuable()
+        if reply.remembered and run.thread_id != conversation.thread_id:
+            raise NotContinuable(
+                "The assistant no longer remembers this reply, so it cannot go on with it: "
+                "Regenerate asks again."
+            )
+        # Remembered or not as the reply was: a thread holds the exchange already, a stateless
+        # run is told it again.
+        mode = Run.Mode.THREAD if reply.remembered else Run.Mode.STATELESS
+        run = _run_claim(
+            conversation=conversation,
+            mode=mode,
+            relay_channel=relay_channel,
+            changes={},
+            continues=reply,
+        )
+    history = ()
+    if mode == Run.Mode.STATELESS:
+        history = (ChatTurn("user", user_message.text), ChatTurn("assistant", reply.text))
+    return StartedRun(
+        conversation=conversation,
+        run=run,
+        user_message=user_message,
+        text=CONTINUE_PROMPT,
+        client_id=client_id,
+        continues=reply,
+        history=history,
+    )
+
+
+async def chat_continue(
+    *,
+    owner: Owner,
+    conversation_id: Any,
+    client_id: str | None = None,
+    signed_in_session: str | None = None,
+) -> StartedRun:
+    """Asks the assistant to go on with the conversation's last reply, which its length limit
+    cut: a new run, remembered or not as that reply was, whose text is added to it.
+    NotContinuable for any other reply. `signed_in_session` as for `chat_start`."""
+    return await _run_begin(
+        _chat_continue,
+        owner=owner,
+        signed_in_session=signed_in_session,
+        conversation_id=conversation_id,
+        client_id=client_id,
+    )
+
+
 # The relay of a streamed run.
 
 
@@ -585,6 +659,8 @@ class LiveRun:
     thread_id: str = ""
     rewind_thread_id: str = ""
     rewind_run_ids: tuple[str, ...] = ()
+    history: tuple[ChatTurn, ...] = ()
+    continues_id: uuid.UUID | None = None
     backend_run_id: str = ""
     parts: list[str] = field(default_factory=list)  # published, as the watchers have it
     pending: list[str] = field(default_factory=list)  # received, published on the next turn
@@ -760,9 +836,11 @@ def _run_finish(
     error_message: str = "",
     notice: str = "",
     backend_run_id: str = "",
+    continues_id: uuid.UUID | None = None,
 ) -> tuple[Run, Message] | None:
     """Saves the reply (complete or as far as it got) and frees the conversation, in a constant
-    number of queries. None when the run had already been finished (e.g. swept as interrupted)."""
+    number of queries; a continuation's text is added to the reply it continues. None when the
+    run had already been finished (e.g. swept as interrupted)."""
     now = timezone.now()
     updates: dict[str, Any] = {
         "status": status,
@@ -782,15 +860,24 @@ def _run_finish(
         # Only one finisher wins, whichever process it runs in.
         if not sql.rows_update(Run, values=updates, pk=run_id, status=Run.ACTIVE_STATUSES):
             return None
-        message = sql.row_insert(
-            Message(
-                conversation_id=conversation_id,
-                role=Message.Role.ASSISTANT,
-                text=text,
-                remembered=mode == Run.Mode.THREAD,
-                run_id=run_id,
+        message = None
+        if continues_id is not None:
+            message = Message.objects.select_related("run").filter(pk=continues_id).first()
+        if message is None:
+            message = sql.row_insert(
+                Message(
+                    conversation_id=conversation_id,
+                    role=Message.Role.ASSISTANT,
+                    text=text,
+                    remembered=mode == Run.Mode.THREAD,
+                    run_id=run_id,
+                )
             )
-        )
+        elif text:
+            # Continued: the reply goes on, and tells how this run ended (cut again, stopped).
+            message.text = reply_continued(message.text, text)
+            message.run_id = run_id
+            sql.rows_update(Message, values={"text": message.text, "run": run_id}, pk=message.pk)
         sql.rows_update(
             Conversation,
             values={"active_run": None, "updated_at": now},
@@ -799,8 +886,18 @@ def _run_finish(
         )
     # What the final frame tells of the run, as the update left it, without a read.
     run = Run(id=run_id, conversation_id=conversation_id, mode=mode, **{"notice": "", **updates})
-    message.run = run
+    if message.run_id == run_id:
+        message.run = run
+    # else a continuation that added nothing: the reply still tells how its own run ended.
     return run, message
+
+
+def reply_continued(text: str, more: str) -> str:
+    """A reply and its continuation as one text: a space between two words, none where
+    either side already has one or the continuation begins with punctuation."""
+    if not text or not more or text[-1].isspace() or more[0].isspace() or more[0] in ".,;:!?)]}":
+        return text + more
+    return f"{text} {more}"
 
 
 def _final_frame(run: Run, message: Message) -> dict[str, Any]:
@@ -811,7 +908,7 @@ def _final_frame(run: Run, message: Message) -> dict[str, Any]:
             Run.Status.FAILED: "run.failed",
         }[run.status],
         "run": str(run.id),
-        "message": message_to_dict(message, run),
+        "message": message_to_dict(message, message.run),
     }
     if run.error_code:
         frame["error"] = {"code": run.error_code, "message": run.error_message}
@@ -839,6 +936,7 @@ async def _relay_finish(
         error_message=error.message if error else "",
         notice=live.notice,
         backend_run_id=live.backend_run_id,
+        continues_id=live.continues_id,
     )
     if finished is None:
         return None
@@ -930,7 +1028,10 @@ async def _relay(live: LiveRun) -> None:
 
     async def stream(thread_id: str | None) -> None:
         events = backend.run_stream(
-            text=live.text_in, thread_id=thread_id, on_sent=live.announce_soon
+            text=live.text_in,
+            history=live.history,
+            thread_id=thread_id,
+            on_sent=live.announce_soon,
         )
         async with aclosing(events):
             async for event in events:
@@ -963,6 +1064,8 @@ def _live_run(started: StartedRun, *, origin_channel: str = "") -> LiveRun:
         thread_id=started.run.thread_id,
         rewind_thread_id=started.run.rewind_thread_id,
         rewind_run_ids=tuple(started.run.rewind_run_ids),
+        history=started.history,
+        continues_id=started.continues.id if started.continues is not None else None,
         started=started,
         origin_channel=origin_channel,
         announcement=asyncio.get_running_loop().create_future(),
@@ -1023,6 +1126,12 @@ async def chat_regenerate_wait(
     return await _run_wait(started)
 
 
+async def chat_continue_wait(*, owner: Owner, conversation_id: Any) -> WaitOutcome:
+    """`chat_continue` on a wait run (JSON API, the form without JavaScript)."""
+    started = await chat_continue(owner=owner, conversation_id=conversation_id)
+    return await _run_wait(started)
+
+
 async def _run_wait(started: StartedRun) -> WaitOutcome:
     live = _live_run(started)
     live.announce()
@@ -1030,7 +1139,9 @@ async def _run_wait(started: StartedRun) -> WaitOutcome:
     backend = get_backend()
 
     async def wait(thread_id: str | None) -> None:
-        result = await backend.run_wait(text=live.text_in, thread_id=thread_id)
+        result = await backend.run_wait(
+            text=live.text_in, history=live.history, thread_id=thread_id
+        )
         live.first_token_at = timezone.now()
         live.backend_run_id = result.run_id or ""
         live.parts = [result.reply]
@@ -1068,7 +1179,8 @@ def runs_interrupt(
     if stale_after is not None:
         runs = runs.filter(heartbeat_at__lt=timezone.now() - stale_after)
     frames = []
-    for run in runs.only("pk", "conversation_id", "mode", "partial_text", "first_token_at"):
+    fields = ("pk", "conversation_id", "mode", "partial_text", "first_token_at", "continues_id")
+    for run in runs.only(*fields):
         finished = _run_finish(
             run_id=run.pk,
             conversation_id=run.conversation_id,
@@ -1079,6 +1191,7 @@ def runs_interrupt(
             error_code=INTERRUPTED,
             error_message="The server stopped while the assistant was answering. "
             "The reply is kept as far as it got.",
+            continues_id=run.continues_id,
         )
         if finished is not None:
             frames.append((finished[0].conversation_id, _final_frame(*finished)))
@@ -1515,7 +1628,12 @@ async def conversation_snapshot(*, owner: Owner, conversation_id: Any) -> dict[s
     if run is not None and run.is_active:
         live = LIVE_RUNS.get(run.id)
         text, seq = (live.text, live.seq) if live else await _relay_progress(run)
-        active_run = {"run": str(run.id), "text": text, "seq": seq}
+        active_run = {
+            "run": str(run.id),
+            "text": text,
+            "seq": seq,
+            "continues": str(run.continues_id) if run.continues_id else None,
+        }
     return {
         "type": "conversation.snapshot",
         "conversation": conversation_to_dict(conversation),
@@ -1605,6 +1723,8 @@ def _export_run(run: Run | None) -> dict[str, Any] | None:
         data["error"] = {"code": run.error_code, "message": run.error_message}
     if run.notice:
         data["notice"] = run.notice
+    if run.continues_id:
+        data["continues"] = str(run.continues_id)  # a continuation: the reply it went on with
     return data
 
 

@@ -26,6 +26,11 @@ urlpatterns = [
         views.chat_form_regenerate,
         name="chat_form_regenerate",
     ),
+    path(
+        "c/<uuid:conversation_id>/continue/",
+        views.chat_form_continue,
+        name="chat_form_continue",
+    ),
     path("c/<uuid:conversation_id>/edit/", views.chat_form_edit, name="chat_form_edit"),
     path(
         "c/<uuid:conversation_id>/feedback/",
@@ -62,6 +67,11 @@ urlpatterns = [
         "api/conversations/<uuid:conversation_id>/regenerate/",
         api.conversation_regenerate,
         name="api_conversation_regenerate",
+    ),
+    path(
+        "api/conversations/<uuid:conversation_id>/continue/",
+        api.conversation_continue,
+        name="api_conversation_continue",
     ),
     path(
         "api/conversations/<uuid:conversation_id>/share/",

@@ -461,6 +461,16 @@ async def chat_form_regenerate(
     return await _regenerated(request, owner, conversation)
 
 
+@require_POST
+@conversation_page
+async def chat_form_continue(
+    request: HttpRequest, owner: Owner, conversation: Conversation
+) -> HttpResponse:
+    """Continue without JavaScript: post, wait for the rest of the reply, redirect back (PRG)."""
+    waiting = services.chat_continue_wait(owner=owner, conversation_id=conversation.id)
+    return await _after_waiting(request, conversation, waiting)
+
+
 async def _regenerated(
     request: HttpRequest,
     owner: Owner,
@@ -470,14 +480,29 @@ async def _regenerated(
     text: str | None = None,
 ) -> HttpResponse:
     """Waits for the regenerated reply (with `text`, of the edited message), then goes back to
-    the conversation (PRG), where what went wrong is said. A refused edit is the caller's."""
+    the conversation. A refused edit is the caller's."""
+    waiting = services.chat_regenerate_wait(
+        owner=owner, conversation_id=conversation.id, message_id=message_id, text=text
+    )
+    return await _after_waiting(
+        request, conversation, waiting, raises=(EmptyText, TextTooLong, InvalidRequest)
+    )
+
+
+async def _after_waiting(
+    request: HttpRequest,
+    conversation: Conversation,
+    waiting: Awaitable[services.WaitOutcome],
+    *,
+    raises: tuple[type[ChatError], ...] = (),
+) -> HttpResponse:
+    """Waits for the reply a form asked for, then goes back to the conversation (PRG), where
+    what went wrong is said; the errors of `raises` are the caller's to show."""
     try:
-        outcome = await services.chat_regenerate_wait(
-            owner=owner, conversation_id=conversation.id, message_id=message_id, text=text
-        )
+        outcome = await waiting
     except NotFound:  # deleted meanwhile
         return await _not_found(request)
-    except (EmptyText, TextTooLong, InvalidRequest):
+    except raises:
         raise
     except ChatError as exc:
         await sync_to_async(flash.error)(request, exc.message)

@@ -502,6 +502,30 @@ def test_forget_action_reports_a_backend_that_is_down(admin_client, backend_url,
     assert conversation.has_thread  # nothing claims it was forgotten
 
 
+def test_a_continued_reply_names_its_continuation_in_the_console_and_the_export(
+    admin_client, backend_url
+):
+    conversation = chat("go on", memory=False)
+    cut = conversation.runs.get()
+    Run.objects.filter(pk=cut.pk).update(notice=services.REPLY_CUT_NOTICE)
+    owner = Owner(user_id=None, session_key=conversation.session_key)
+    outcome = async_to_sync(services.chat_continue_wait)(
+        owner=owner, conversation_id=conversation.pk
+    )
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    assert reply.run_id == outcome.started.run.id and reply.text.startswith("You said: go on")
+
+    page = admin_client.get(reverse("admin:runs_run_change", args=[reply.run_id])).content.decode()
+    assert "Continues" in page and "assistant: You said: go on" in page
+    exported = admin_client.post(
+        CHANGELIST, {"action": "export_jsonl", "_selected_action": [str(conversation.pk)]}
+    )
+    [line] = [orjson.loads(line) for line in exported.content.splitlines()]
+    assert line["messages"][1]["run"]["continues"] == str(reply.pk)
+    assert line["messages"][1]["run"]["id"] == str(reply.run_id)
+    assert line["messages"][0]["run"]["id"] == str(cut.pk)  # the run it came from, kept
+
+
 def test_export_action_downloads_json_lines_with_the_messages(admin_client, backend_url):
     first = chat("export me", memory=True)
     chat("and me too", memory=False, conversation=first)

@@ -62,6 +62,48 @@ def test_api_a_reply_cut_at_the_length_limit_says_so(client, short_backend_url):
     assert done["reply"]["notice"] == services.REPLY_CUT_NOTICE
 
 
+def test_api_continues_a_cut_reply_and_the_form_does_without_javascript(client, short_backend_url):
+    done = say(client, "tell me everything", memory=True)
+    conv = done["conversation"]
+    assert done["reply"]["cut"] is True
+    response = post(client, f"/api/conversations/{conv}/continue/")
+    assert response.status_code == 200, response.content
+    more = response.json()
+    assert more["conversation"] == conv and more["mode"] == "thread" and more["replaces"] == []
+    assert more["reply"]["id"] == done["reply"]["id"]
+    assert more["reply"]["text"] == "You said: tell me You said: Continue your "
+    assert more["reply"]["cut"] is True
+    refused = post(client, f"/api/conversations/{conv}/continue/", {"message": "x"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_frame"
+
+    # Without JavaScript: the cut reply has a Continue button, which posts and waits.
+    page = client.get(f"/c/{conv}/")
+    assert f'action="/c/{conv}/continue/"'.encode() in page.content
+    assert b'data-cut="true"' in page.content
+    posted = client.post(f"/c/{conv}/continue/")
+    assert posted.status_code == 302 and posted["Location"] == f"/c/{conv}/"
+    messages = client.get(f"/api/conversations/{conv}/").json()["messages"]
+    assert len(messages) == 2
+    assert (
+        messages[1]["text"] == "You said: tell me You said: Continue your You said: Continue your "
+    )
+    assert Client().post(f"/c/{conv}/continue/").status_code == 404, "a stranger's"
+
+
+def test_api_continue_refuses_a_reply_that_was_not_cut(client, backend_url):
+    done = say(client, "hello", memory=False)
+    conv = done["conversation"]
+    assert done["reply"]["cut"] is False
+    refused = post(client, f"/api/conversations/{conv}/continue/")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "not_continuable"
+    page = client.get(f"/c/{conv}/")
+    assert f"/c/{conv}/continue/".encode() not in page.content
+    # The form without JavaScript says why, on the page it comes back to.
+    followed = client.post(f"/c/{conv}/continue/", follow=True)
+    assert b"Only the last reply" in followed.content
+    assert Run.objects.filter(conversation_id=conv).count() == 1
+
+
 def test_api_regenerates_the_last_reply_in_its_place_and_in_the_memory(client, backend_url):
     conv = say(client, "one", memory=True)["conversation"]
     old = say(client, "two", memory=True, conversation=conv)["reply"]

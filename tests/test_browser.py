@@ -947,6 +947,35 @@ def test_a_reply_cut_at_the_length_limit_ends_with_a_note_saying_so(new_page, sh
     reads_as_a_note_after_the_text()
 
 
+def test_continue_goes_on_with_a_cut_reply_in_its_place(new_page, short_site):
+    page = new_page()
+    page.goto(short_site.url)
+    say(page, "tell me everything")
+    reply = replies(page).last
+    expect(reply.locator(".body")).to_have_text("You said: tell me")
+    reply_id = reply.get_attribute("data-id")
+    go_on = reply.get_by_role("button", name="Continue this reply")
+    expect(go_on).to_be_visible()
+    go_on.click()
+    # The same reply goes on (the echo repeats the request to go on), and is cut again.
+    expect(replies(page)).to_have_count(1)
+    expect(replies(page).last.locator(".body")).to_have_text(
+        "You said: tell me You said: Continue your"
+    )
+    expect(replies(page).last).to_have_attribute("data-id", reply_id)
+    expect(replies(page).last.locator(".notice")).to_have_text(services.REPLY_CUT_NOTICE)
+    expect(message_box(page)).to_be_focused()
+    page.reload()  # the server's page offers it too, on the last reply only
+    expect(replies(page).last.locator(".body")).to_have_text(
+        "You said: tell me You said: Continue your"
+    )
+    expect(page.get_by_role("button", name="Continue this reply")).to_have_count(1)
+    say(page, "and then")
+    expect(replies(page)).to_have_count(2)
+    expect(replies(page).first.get_by_role("button", name="Continue this reply")).to_have_count(0)
+    expect(replies(page).last.get_by_role("button", name="Continue this reply")).to_be_visible()
+
+
 def test_copy_buttons_and_code_blocks(new_context, site):
     context = new_context(permissions=["clipboard-read", "clipboard-write"])
     page = context.new_page()

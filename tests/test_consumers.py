@@ -302,6 +302,163 @@ async def test_a_reply_cut_at_the_length_limit_is_saved_and_says_so(
     assert run.status == Run.Status.COMPLETED and run.notice == services.REPLY_CUT_NOTICE
 
 
+async def cut_at_the_length_limit(run_id: str) -> None:
+    """Marks a real run's reply as the model would have cut it: Continue is then offered."""
+    await Run.objects.filter(pk=run_id).aupdate(notice=services.REPLY_CUT_NOTICE)
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["memory-off", "memory-on"])
+async def test_continue_goes_on_with_a_cut_reply_in_the_same_message(
+    short_backend_url, socket_factory, memory
+):
+    socket = await socket_factory()
+    done = await socket.chat("tell me everything", memory=memory)
+    reply = done["message"]
+    assert reply["cut"] is True
+
+    await socket.send(
+        {"type": "chat.continue", "conversation": done["conversation"], "client_id": "c1"}
+    )
+    started, _ = await socket.until("run.started")
+    assert started["continues"] == reply["id"] and started["client_id"] == "c1"
+    assert started["user_message"]["id"] == done["user_message"]["id"]
+    assert started["replaces"] == [] and started["mode"] == done["mode"]
+    final, frames = await socket.until_run_end()
+    streamed = "".join(f["text"] for f in frames if f["type"] == "run.delta")
+    # The model was asked to go on (the echo repeats the request), and was cut again.
+    assert streamed == "You said: Continue your "
+    assert final["type"] == "run.completed" and final["run"] == started["run"]
+    assert final["message"]["id"] == reply["id"]
+    assert final["message"]["text"] == "You said: tell me You said: Continue your "
+    assert final["message"]["cut"] is True
+    assert final["message"]["notice"] == services.REPLY_CUT_NOTICE
+
+    messages = [m async for m in Message.objects.filter(conversation_id=done["conversation"])]
+    assert [m.role for m in messages] == ["user", "assistant"]
+    assert str(messages[1].run_id) == started["run"]
+    run = await Run.objects.aget(pk=started["run"])
+    assert str(run.continues_id) == reply["id"] and run.status == Run.Status.COMPLETED
+    if memory:
+        state = await get_backend().thread_state(thread_id=run.thread_id)
+        assert [m.role for m in state.messages] == ["user", "assistant", "user", "assistant"]
+        assert state.messages[2].text == services.CONTINUE_PROMPT
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["memory-off", "memory-on"])
+async def test_a_continuation_is_told_the_exchange_it_goes_on_with(
+    backend_url, socket_factory, memory
+):
+    socket = await socket_factory()
+    done = await socket.chat("what is a river", memory=memory)
+    await cut_at_the_length_limit(done["run"])
+    await socket.send({"type": "chat.continue", "conversation": done["conversation"]})
+    final, _ = await socket.until_run_end()
+    # The question and the request to go on: a stateless run is told the exchange again.
+    before, more = done["message"]["text"], final["message"]["text"]
+    assert more.startswith(before + " You said: Continue your last reply")
+    assert seen_count(more[len(before) :]) == 2
+    assert final["message"]["cut"] is False and "notice" not in final["message"]
+    await socket.send({"type": "chat.continue", "conversation": done["conversation"]})
+    error, _ = await socket.until("error")
+    assert error["code"] == "not_continuable"
+
+
+async def test_only_a_last_reply_cut_at_the_length_limit_can_be_continued(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    first = await socket.chat("one", memory=False)
+    await cut_at_the_length_limit(first["run"])
+    second = await socket.chat("two", memory=False, conversation=first["conversation"])
+    assert second["message"]["cut"] is False
+    for conversation_id in (first["conversation"], str(uuid.uuid4())):
+        await socket.send({"type": "chat.continue", "conversation": conversation_id})
+        error, _ = await socket.until("error")
+        assert error["code"] == (
+            "not_continuable" if conversation_id == first["conversation"] else "not_found"
+        )
+    assert await Run.objects.filter(conversation_id=first["conversation"]).acount() == 2
+
+
+async def test_a_remembered_reply_whose_memory_was_forgotten_cannot_be_continued(
+    backend_url, socket_factory
+):
+    socket = await socket_factory()
+    done = await socket.chat("remember this", memory=True)
+    await cut_at_the_length_limit(done["run"])
+    await socket.send({"type": "conversation.forget", "conversation": done["conversation"]})
+    await socket.until("conversation.snapshot")
+    await socket.send({"type": "chat.continue", "conversation": done["conversation"]})
+    error, _ = await socket.until("error")
+    assert error["code"] == "not_continuable" and "no longer remembers" in error["message"]
+
+
+async def test_a_continuation_that_fails_leaves_the_reply_as_it_was(
+    backend_url, socket_factory, fake_backend
+):
+    socket = await socket_factory()
+    done = await socket.chat("tell me", memory=False)
+    await cut_at_the_length_limit(done["run"])
+    fake_backend("status", status=500)
+    await socket.send({"type": "chat.continue", "conversation": done["conversation"]})
+    final, _ = await socket.until_run_end()
+    assert final["type"] == "run.failed" and final["error"]["code"] == "backend_error"
+    # The reply as it was, still cut, so Continue can ask again.
+    assert final["message"]["id"] == done["message"]["id"]
+    assert final["message"]["text"] == done["message"]["text"]
+    assert final["message"]["cut"] is True and final["message"]["status"] == "completed"
+    reply = await Message.objects.aget(pk=done["message"]["id"])
+    assert str(reply.run_id) == done["run"]
+
+
+async def test_a_continuation_watched_and_stopped_keeps_the_reply_and_what_came(
+    slow_backend_url, socket_factory
+):
+    cookie = await database_sync_to_async(session_cookie_for)()
+    socket = await socket_factory(cookie)
+    # A conversation of this visitor's, to learn the key they own conversations by.
+    await socket.send({"type": "chat.send", "text": "hi", "memory": False})
+    first, _ = await socket.until("run.started")
+    await socket.send({"type": "chat.cancel", "run": first["run"]})
+    await socket.until_run_end()
+    visitor = (await conversation(first["conversation"])).session_key
+    conversation_row = await Conversation.objects.acreate(session_key=visitor)
+    run = await Run.objects.acreate(
+        conversation=conversation_row,
+        mode=Run.Mode.STATELESS,
+        status=Run.Status.COMPLETED,
+        notice=services.REPLY_CUT_NOTICE,
+    )
+    await Message.objects.acreate(
+        conversation=conversation_row, role=Message.Role.USER, text="a long story", run=run
+    )
+    reply = await Message.objects.acreate(
+        conversation=conversation_row, role=Message.Role.ASSISTANT, text="Once upon", run=run
+    )
+    conversation_id = str(conversation_row.pk)
+    await socket.send({"type": "chat.continue", "conversation": conversation_id})
+    started, _ = await socket.until("run.started")
+    await socket.until("run.delta")
+
+    other = await socket_factory(cookie)
+    await other.send({"type": "conversation.watch", "conversation": conversation_id})
+    snapshot, _ = await other.until("conversation.snapshot")
+    assert snapshot["active_run"]["run"] == started["run"]
+    assert snapshot["active_run"]["continues"] == str(reply.pk)
+    so_far, echo = snapshot["active_run"]["text"], f"You said: {services.CONTINUE_PROMPT}"
+    assert so_far and (echo.startswith(so_far) or so_far.startswith(echo))
+
+    await socket.send({"type": "chat.cancel", "run": started["run"]})
+    final, _ = await socket.until_run_end()
+    assert final["type"] == "run.cancelled" and final["message"]["id"] == str(reply.pk)
+    assert final["message"]["status"] == "cancelled" and final["message"]["cut"] is False
+    # The reply, then what came of its continuation (what the watcher saw and more).
+    saved = await Message.objects.aget(pk=reply.pk)
+    assert saved.text == final["message"]["text"]
+    assert saved.text.startswith("Once upon " + so_far)
+    assert str(saved.run_id) == started["run"]
+
+
 async def test_snapshot_lists_the_transcript_oldest_first(backend_url, socket_factory):
     cookie = await database_sync_to_async(session_cookie_for)()
     socket = await socket_factory(cookie)

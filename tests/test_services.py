@@ -294,6 +294,51 @@ async def test_a_conversation_whose_last_message_has_no_reply_has_nothing_to_reg
     assert "the last message has no reply" in refused.value.message
 
 
+@pytest.mark.parametrize(
+    ("text", "more", "joined"),
+    [
+        ("The river", "flows on.", "The river flows on."),
+        ("The river ", "flows on.", "The river flows on."),
+        ("The river", " flows on.", "The river flows on."),
+        ("The river", "\n\nThen", "The river\n\nThen"),
+        ("The river", ", which flows", "The river, which flows"),
+        ("The river", "", "The river"),
+    ],
+)
+def test_a_continuation_joins_its_reply_with_a_space_only_between_words(text, more, joined):
+    assert services.reply_continued(text, more) == joined
+
+
+def test_a_continuation_whose_server_stopped_keeps_the_reply_and_what_came():
+    conversation = Conversation.objects.create(session_key=VISITOR.session_key)
+    cut = Run.objects.create(
+        conversation=conversation,
+        mode=Run.Mode.STATELESS,
+        status=Run.Status.COMPLETED,
+        notice=services.REPLY_CUT_NOTICE,
+    )
+    Message.objects.create(conversation=conversation, role="user", text="a story", run=cut)
+    reply = Message.objects.create(
+        conversation=conversation, role="assistant", text="Once upon", run=cut
+    )
+    going_on = Run.objects.create(
+        conversation=conversation,
+        mode=Run.Mode.STATELESS,
+        status=Run.Status.STREAMING,
+        partial_text="a time",
+        continues=reply,
+    )
+    conversation.active_run = going_on
+    conversation.save()
+
+    [(conversation_id, frame)] = services.runs_interrupt(stale_after=None)
+    assert conversation_id == conversation.pk and frame["type"] == "run.failed"
+    assert frame["message"]["id"] == str(reply.pk) and frame["error"]["code"] == "interrupted"
+    reply.refresh_from_db()
+    assert reply.text == "Once upon a time" and reply.run_id == going_on.pk
+    assert Message.objects.filter(conversation=conversation).count() == 2
+
+
 async def test_a_strangers_conversation_is_not_found(closed_port_url):
     started = await services.chat_start(owner=VISITOR, conversation_id=None, text="a", memory=False)
     stranger = Owner(user_id=None, session_key="visitor-two")

@@ -64,9 +64,9 @@ const state = {
   activeRun: chat.dataset.activeRun || null,
   activeMode: null,
   lastSeq: 0,
-  pending: null, // {client_id, text, memory} or {client_id, regenerate}: a frame awaiting run.started
-  mine: new Map(), // run id -> {text, memory} or {regenerate}: the runs this tab started, for Retry
-  lastFailed: null, // {text, memory} or {regenerate}: what Retry sends again
+  pending: null, // {client_id, text, memory}, {client_id, regenerate} or {client_id, continue}: a frame awaiting run.started
+  mine: new Map(), // run id -> {text, memory}, {regenerate} or {continue}: the runs this tab started, for Retry
+  lastFailed: null, // {text, memory}, {regenerate} or {continue}: what Retry sends again
   forgetting: false,
   renaming: null, // the conversation this tab asked to rename, for its "Renamed." note
   query: oneLine(searchBox.value), // what the conversation list is filtered by ("" for all)
@@ -107,7 +107,7 @@ function connect() {
     chat.classList.add("offline");
     if (state.pending && !state.pending.queued) {
       state.lastFailed = state.pending;
-      if (!state.pending.regenerate) restoreDraft(state.pending.text);
+      if (state.pending.text !== undefined && !state.pending.regenerate) restoreDraft(state.pending.text);
       state.pending = null;
     }
     if (state.pending) {
@@ -181,6 +181,7 @@ function messageElement(message) {
   const item = el("li", `message ${message.role}`);
   item.dataset.id = message.id;
   item.dataset.text = message.text;
+  if (message.cut) item.dataset.cut = "true";
   const meta = el("div", "meta");
   meta.append(el("span", "role", message.role === "user" ? "You" : "Assistant"), badge(message.remembered));
   const time = el("time");
@@ -281,6 +282,16 @@ function upsertMessage(message) {
   return element;
 }
 
+// A continuation goes on in the reply it continues: that reply leaves the transcript, and the
+// run's streaming element, last as it was, shows its text first, as the saved reply will.
+function continuedText(messageId) {
+  const item = messageId && transcript.querySelector(`li.message[data-id="${CSS.escape(messageId)}"]`);
+  if (!item) return "";
+  item.remove();
+  const text = item.dataset.text;
+  return /\s$/.test(text) ? text : `${text} `;
+}
+
 function streamingElement(runId, remembered) {
   let item = transcript.querySelector(`li[data-run="${CSS.escape(runId)}"]`);
   if (!item) {
@@ -363,14 +374,17 @@ function setBusy() {
   placeMessageActions();
 }
 
-// Regenerate sits on the last reply, and Edit on each of the user's messages, while nothing
-// streams or waits: the server's form and links without JavaScript, these buttons with it.
+// Regenerate sits on the last reply (Continue too, when the length limit cut it), and Edit on
+// each of the user's messages, while nothing streams or waits: the server's forms and links
+// without JavaScript, these buttons with it.
 function placeMessageActions() {
   const idle = Boolean(state.conversation && !state.activeRun && !state.pending && !transcript.querySelector(".editor"));
   const reply = transcript.lastElementChild;
   const lastExchange = Boolean(
     reply?.matches("li.message.assistant[data-id]") && reply.previousElementSibling?.matches("li.message.user[data-id]"),
   );
+  offerAction(idle && lastExchange && reply.dataset.cut === "true" ? [reply] : [], ".continue", () =>
+    labelledButton("continue link small", "Continue this reply", "Continue", "Ask the assistant to go on where its length limit cut this reply"));
   offerAction(idle && lastExchange ? [reply] : [], ".regenerate", () =>
     labelledButton("regenerate link small", "Regenerate this reply", "Regenerate", "Ask again: the new reply takes this one's place"));
   offerAction(idle ? [...transcript.querySelectorAll("li.message.user[data-id]")] : [], ".edit", () =>
@@ -644,7 +658,7 @@ const handlers = {
     if (frame.active_run) {
       const lastUser = [...frame.messages].reverse().find((m) => m.role === "user");
       const item = streamingElement(frame.active_run.run, lastUser ? lastUser.remembered : undefined);
-      item.querySelector(".stream-text").textContent = frame.active_run.text;
+      item.querySelector(".stream-text").textContent = continuedText(frame.active_run.continues) + frame.active_run.text;
       state.lastSeq = frame.active_run.seq;
     }
     log.removeAttribute("aria-busy");
@@ -661,7 +675,7 @@ const handlers = {
     if (!mine && frame.conversation !== state.conversation) return;
     if (mine) {
       const { text, memory, regenerate } = state.pending;
-      state.mine.set(frame.run, regenerate ? { regenerate, text } : { text, memory });
+      state.mine.set(frame.run, state.pending.continue ? { continue: true } : regenerate ? { regenerate, text } : { text, memory });
       state.pending = null;
       if (frame.conversation !== state.conversation) {
         setConversation({ id: frame.conversation, title: titleFrom(frame.user_message.text), memory: frame.mode === "thread", has_thread: false });
@@ -677,7 +691,8 @@ const handlers = {
       state.activeMode = frame.mode;
       state.lastSeq = 0;
       writingReset();
-      streamingElement(frame.run, remembered);
+      const item = streamingElement(frame.run, remembered);
+      if (frame.continues) item.querySelector(".stream-text").textContent = continuedText(frame.continues);
     });
     if (mine) scrollToEnd();
     announce("The assistant is answering.");
@@ -728,8 +743,9 @@ const handlers = {
   "run.failed"(frame) {
     const sent = state.mine.get(frame.run);
     finishRun(frame, "The reply failed.");
-    // The message is saved; only its reply failed: Retry asks again in its place.
-    if (sent) state.lastFailed = { regenerate: true };
+    // The message is saved; only its reply failed: Retry asks again in its place (or, for a
+    // continuation, asks again to go on).
+    if (sent) state.lastFailed = sent.continue ? { continue: true } : { regenerate: true };
     const error = frame.error || { code: "backend_error", message: "The reply failed." };
     showBanner(error.message, error.code);
   },
@@ -743,7 +759,7 @@ const handlers = {
     }
     if (state.pending && frame.client_id === state.pending.client_id) {
       state.lastFailed = state.pending;
-      if (!state.pending.regenerate) restoreDraft(state.pending.text);
+      if (state.pending.text !== undefined && !state.pending.regenerate) restoreDraft(state.pending.text);
       state.pending = null;
     }
     state.forgetting = false;
@@ -889,14 +905,27 @@ function regenerateReply(text, messageId) {
   if (!sendPending()) announce("Connecting… the reply will be regenerated in a moment.");
 }
 
+// Asks the assistant to go on with the last reply, which its length limit cut.
+function continueReply() {
+  if (state.activeRun || state.pending || !state.conversation) return;
+  state.pending = { client_id: clientId(), continue: true, queued: true };
+  state.lastFailed = null;
+  hideBanner();
+  setBusy();
+  textBox.focus();
+  if (!sendPending()) announce("Connecting… the reply will go on in a moment.");
+}
+
 function sendPending() {
   const pending = state.pending;
-  const frame = pending.regenerate
-    ? { type: "chat.regenerate", conversation: state.conversation, client_id: pending.client_id, message: pending.message, text: pending.text }
-    : { type: "chat.send", text: pending.text, memory: pending.memory, conversation: state.conversation, client_id: pending.client_id };
+  const frame = pending.continue
+    ? { type: "chat.continue", conversation: state.conversation, client_id: pending.client_id }
+    : pending.regenerate
+      ? { type: "chat.regenerate", conversation: state.conversation, client_id: pending.client_id, message: pending.message, text: pending.text }
+      : { type: "chat.send", text: pending.text, memory: pending.memory, conversation: state.conversation, client_id: pending.client_id };
   if (!send(frame)) return false;
   pending.queued = false;
-  if (!pending.regenerate && textBox.value.trim() === pending.text) {
+  if (pending.text !== undefined && !pending.regenerate && textBox.value.trim() === pending.text) {
     textBox.value = "";
     autosize();
     draftSave();
@@ -1009,7 +1038,8 @@ retryButton.addEventListener("click", () => {
   const failed = state.lastFailed;
   if (!failed) return;
   hideBanner();
-  if (failed.regenerate) regenerateReply(failed.text);
+  if (failed.continue) continueReply();
+  else if (failed.regenerate) regenerateReply(failed.text);
   else submitMessage(failed.text, failed.memory);
   textBox.focus();
 });
@@ -1026,6 +1056,9 @@ transcript.addEventListener("click", (event) => {
     const pressed = rate.getAttribute("aria-pressed") === "true";
     const frame = { type: "message.feedback", conversation: state.conversation, message: rate.closest("li.message").dataset.id, feedback: pressed ? null : rate.dataset.rating };
     if (!send(frame)) showToast("Not connected: rate it again in a moment.");
+  } else if (event.target.closest(".continue button, button.continue")) {
+    event.preventDefault(); // the form is for pages without JavaScript
+    continueReply();
   } else if (event.target.closest(".regenerate button, button.regenerate")) {
     event.preventDefault(); // the form and the link are for pages without JavaScript
     regenerateReply();
