@@ -363,6 +363,31 @@ async def test_a_continuation_is_told_the_exchange_it_goes_on_with(
     assert error["code"] == "not_continuable"
 
 
+async def test_regenerating_a_continued_reply_takes_all_of_it_out_of_the_memory(
+    short_backend_url, socket_factory
+):
+    socket = await socket_factory()
+    first = await socket.chat("first", memory=True)
+    done = await socket.chat("tell me everything", memory=True, conversation=first["conversation"])
+    await socket.send({"type": "chat.continue", "conversation": done["conversation"]})
+    await socket.until_run_end()
+    await socket.send({"type": "chat.regenerate", "conversation": done["conversation"]})
+    started, _ = await socket.until("run.started")
+    assert started["replaces"] == [done["message"]["id"]]
+    final, _ = await socket.until_run_end()
+    assert final["message"]["text"] == "You said: tell me "
+    # Back to where the thread stood before the reply, then the new one: neither the request
+    # to go on nor what it added is remembered.
+    run = await Run.objects.aget(pk=final["run"])
+    state = await get_backend().thread_state(thread_id=run.thread_id)
+    assert [m.text for m in state.messages] == [
+        "first",
+        first["message"]["text"],
+        "tell me everything",
+        "You said: tell me ",
+    ]
+
+
 async def test_only_a_last_reply_cut_at_the_length_limit_can_be_continued(
     backend_url, socket_factory
 ):
