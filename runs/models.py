@@ -137,8 +137,9 @@ class Run(models.Model):
         return self.status in self.ACTIVE_STATUSES
 
     @property
-    def cut_at_length_limit(self) -> bool:
-        return REPLY_CUT_NOTICE in self.notice
+    def reply_cut(self) -> bool:
+        """Completed, but cut at the model's length limit: the reply can be continued."""
+        return self.status == self.Status.COMPLETED and REPLY_CUT_NOTICE in self.notice
 
     @property
     def time_to_first_token(self):

@@ -260,7 +260,7 @@ def message_to_dict(message: Message, run: Run | None = None) -> dict[str, Any]:
         if run.notice:
             data["notice"] = run.notice
         # Cut at the length limit: the last such reply can be continued.
-        data["cut"] = run.status == Run.Status.COMPLETED and run.cut_at_length_limit
+        data["cut"] = run.reply_cut
     return data
 
 

@@ -583,7 +583,7 @@ def _chat_continue(
         except (NoReply, ValueError):
             raise NotContinuable() from None
         run = reply.run
-        if run is None or run.status != Run.Status.COMPLETED or not run.cut_at_length_limit:
+        if run is None or not run.reply_cut:
             raise NotContinuable()
         if reply.remembered and run.thread_id != conversation.thread_id:
             raise NotContinuable(

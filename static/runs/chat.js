@@ -107,7 +107,7 @@ function connect() {
     chat.classList.add("offline");
     if (state.pending && !state.pending.queued) {
       state.lastFailed = state.pending;
-      if (state.pending.text !== undefined && !state.pending.regenerate) restoreDraft(state.pending.text);
+      if (sendsMessage(state.pending)) restoreDraft(state.pending.text);
       state.pending = null;
     }
     if (state.pending) {
@@ -284,7 +284,7 @@ function upsertMessage(message) {
 
 // A continuation goes on in the reply it continues: that reply leaves the transcript, and the
 // run's streaming element, last as it was, shows its text first, as the saved reply will.
-function continuedText(messageId) {
+function takeContinuedReply(messageId) {
   const item = messageId && transcript.querySelector(`li.message[data-id="${CSS.escape(messageId)}"]`);
   if (!item) return "";
   item.remove();
@@ -658,7 +658,7 @@ const handlers = {
     if (frame.active_run) {
       const lastUser = [...frame.messages].reverse().find((m) => m.role === "user");
       const item = streamingElement(frame.active_run.run, lastUser ? lastUser.remembered : undefined);
-      item.querySelector(".stream-text").textContent = continuedText(frame.active_run.continues) + frame.active_run.text;
+      item.querySelector(".stream-text").textContent = takeContinuedReply(frame.active_run.continues) + frame.active_run.text;
       state.lastSeq = frame.active_run.seq;
     }
     log.removeAttribute("aria-busy");
@@ -692,7 +692,7 @@ const handlers = {
       state.lastSeq = 0;
       writingReset();
       const item = streamingElement(frame.run, remembered);
-      if (frame.continues) item.querySelector(".stream-text").textContent = continuedText(frame.continues);
+      if (frame.continues) item.querySelector(".stream-text").textContent = takeContinuedReply(frame.continues);
     });
     if (mine) scrollToEnd();
     announce("The assistant is answering.");
@@ -759,7 +759,7 @@ const handlers = {
     }
     if (state.pending && frame.client_id === state.pending.client_id) {
       state.lastFailed = state.pending;
-      if (state.pending.text !== undefined && !state.pending.regenerate) restoreDraft(state.pending.text);
+      if (sendsMessage(state.pending)) restoreDraft(state.pending.text);
       state.pending = null;
     }
     state.forgetting = false;
@@ -916,6 +916,11 @@ function continueReply() {
   if (!sendPending()) announce("Connecting… the reply will go on in a moment.");
 }
 
+// A chat.send: its text came from the message box (a regeneration's or a continuation's did not).
+function sendsMessage(pending) {
+  return !pending.regenerate && !pending.continue;
+}
+
 function sendPending() {
   const pending = state.pending;
   const frame = pending.continue
@@ -925,7 +930,7 @@ function sendPending() {
       : { type: "chat.send", text: pending.text, memory: pending.memory, conversation: state.conversation, client_id: pending.client_id };
   if (!send(frame)) return false;
   pending.queued = false;
-  if (pending.text !== undefined && !pending.regenerate && textBox.value.trim() === pending.text) {
+  if (sendsMessage(pending) && textBox.value.trim() === pending.text) {
     textBox.value = "";
     autosize();
     draftSave();
