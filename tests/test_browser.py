@@ -814,7 +814,7 @@ RECORD_FRAMES_AND_SHOWN_TEXT = (
 window.__frames = [];
 window.__shown = [];
 new MutationObserver(() => {
-  const text = document.querySelector("#transcript .stream-text")?.textContent;
+  const text = document.querySelector("#transcript .streaming .body")?.textContent.trim();
   if (text && text !== window.__shown.at(-1)) window.__shown.push(text);
 }).observe(document, { subtree: true, childList: true, characterData: true });
 """
@@ -845,6 +845,74 @@ def test_a_reply_sent_several_words_a_frame_is_still_written_out_word_by_word(
     reply_is(still, 1, echo("all at once", 1) + SLOW_TAIL)
     frames, shown = still.evaluate("[window.__frames, window.__shown]")
     assert len(shown) == len(frames)
+
+
+# A message whose echo is markdown: a code block, a list, emphasis, code, a link, and what must
+# stay text.
+MARKDOWN_MESSAGE = (
+    "Look:\n```py\nx = 1\n```\n- **bold** and `code`\n- [a link](https://example.com/)"
+    ' <img src=x onerror="window.__xss=1"> [bad](javascript:window.__xss=2)'
+)
+
+# Records the shape (elements and links) and the words of the streaming reply as last shown.
+RECORD_STREAMED_SHAPE = """
+window.__shape = (root) => [...root.querySelectorAll("*")].map(
+  (node) => node.tagName + (node.hasAttribute("href") ? `[${node.getAttribute("href")}]` : "")
+);
+window.__words = (root) => root.textContent.split(/\\s+/).filter(Boolean);
+window.__streamed = null;
+new MutationObserver(() => {
+  const body = document.querySelector("#transcript .streaming .body");
+  if (body) window.__streamed = { shape: window.__shape(body), words: window.__words(body) };
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+def test_a_reply_takes_its_markdown_shape_while_it_streams(new_page, slow_site):
+    page = new_page()
+    page.add_init_script(RECORD_STREAMED_SHAPE)
+    page.goto(slow_site.url)
+    say(page, MARKDOWN_MESSAGE)
+    body = streaming(page).locator(".body")
+    # Shaped while the echo's padding still streams, not only once the reply is saved.
+    expect(body.locator("ul > li")).to_have_count(2)
+    expect(body.locator("strong")).to_have_text("bold")
+    expect(body.locator("li code")).to_have_text("code")
+    expect(body.locator(".code-block .code-language")).to_have_text("py")
+    expect(body.locator(".code-block pre")).to_have_text("x = 1\n")
+    expect(body.locator("a")).to_have_count(1)
+    expect(body.locator("a")).to_have_attribute("href", "https://example.com/")
+    expect(body.locator("a")).to_have_attribute("rel", "noopener noreferrer nofollow")
+    expect(body).to_contain_text('<img src=x onerror="window.__xss=1">')
+    expect(body).to_contain_text("[bad](javascript:window.__xss=2)")
+    expect(streaming(page)).to_contain_text("w1")
+    expect(streaming(page)).not_to_contain_text("w59")
+
+    expect(replies(page)).to_have_count(1)
+    saved = replies(page).last.locator(".body")
+    expect(saved).to_contain_text("w59")
+    # The saved reply, rendered by the server, looks as the streamed one did at its end.
+    streamed = page.evaluate("window.__streamed")
+    assert saved.evaluate("(node) => window.__shape(node)") == streamed["shape"]
+    assert saved.evaluate("(node) => window.__words(node)") == streamed["words"]
+    assert streamed["shape"] == [
+        "P", "DIV", "DIV", "SPAN", "BUTTON", "PRE", "CODE",  # the code block, with its header
+        "UL", "LI", "STRONG", "CODE", "LI", "A[https://example.com/]",
+    ]  # fmt: skip
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("#transcript img").count() == 0
+
+
+def test_without_the_markdown_libraries_a_streaming_reply_is_plain_text(new_page, slow_site):
+    page = new_page()
+    page.route("**/static/runs/vendor/**", lambda route: route.abort())
+    page.goto(slow_site.url)
+    say(page, "some **bold** words")
+    expect(streaming(page).locator(".stream-text")).to_contain_text(
+        echo("some **bold** words", 1) + " w0"
+    )
+    expect(replies(page)).to_have_count(1)
+    expect(replies(page).last.locator(".body strong")).to_have_text("bold")
 
 
 def test_a_second_tab_shows_the_same_reply_streaming(new_context, slow_site):

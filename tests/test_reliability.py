@@ -21,6 +21,7 @@ import websockets
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
+from django.core.management import call_command
 from django.test import Client
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -593,6 +594,21 @@ def test_check_deploy_is_clean_with_production_settings():
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_static_files_collect_with_production_storage(tmp_path, settings):
+    """A deployment runs collectstatic with WhiteNoise's manifest storage, which refuses a file
+    that names one missing (a vendored script's source map, say)."""
+    settings.STATIC_ROOT = tmp_path
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+    call_command("collectstatic", interactive=False, verbosity=0)
+    collected = json.loads((tmp_path / "staticfiles.json").read_text())["paths"]
+    assert {"runs/chat.js", "runs/vendor/markdown-it.min.js", "runs/vendor/purify.min.js"} <= set(
+        collected
+    )
 
 
 def test_secrets_never_reach_pages_errors_or_logs(tmp_path, settings, caplog, fake_backend):

@@ -1,8 +1,9 @@
 // The chat page over websocket protocol v1 (docs/protocol.md). Without this script the page
 // still works: the form posts to the server, which waits for the reply and redirects back.
 //
-// Untrusted text (messages, titles, errors) is only ever set with textContent; the one
-// exception is a message's `html`, which the server renders and sanitizes (markdown-it + nh3).
+// Untrusted text (messages, titles, errors) is only ever set with textContent; the two
+// exceptions are a message's `html`, which the server renders and sanitizes (markdown-it + nh3),
+// and a reply's text while it streams, rendered here the same way (markdown-it + DOMPurify).
 
 // base.html marks the page as scripted before it paints; this covers a policy that blocks inline scripts.
 document.documentElement.classList.add("js");
@@ -141,7 +142,8 @@ window.addEventListener("online", () => {
   if (!state.socket || state.socket.readyState === WebSocket.CLOSED) connect();
 });
 
-// Rendering. Every element below is built from text; only `message.html` is parsed.
+// Rendering. Every element below is built from text; only `message.html` and a streaming
+// reply's markdown (renderStream) are parsed.
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -221,7 +223,8 @@ function feedbackButtons(feedback) {
   return group;
 }
 
-// Times in the reader's zone, and a header with the language and a copy button on code blocks.
+// Times in the reader's zone, and a header with the language and a copy button on code blocks
+// (of a saved message, or of a streaming reply's body).
 function enhance(item) {
   item.querySelectorAll("time[datetime]").forEach(localizeTime);
   item.querySelectorAll(".body pre").forEach((pre) => {
@@ -292,6 +295,76 @@ function takeContinuedReply(messageId) {
   return /\s$/.test(text) ? text : `${text} `;
 }
 
+// A reply is shown as it streams as the saved one will be: markdown-it with the server's
+// settings (runs/rendering.py), sanitized by DOMPurify to the server's allow-list, so that a
+// list or a code block takes its shape as it comes and the saved reply changes nothing. If
+// either library failed to load, the text shows as plain text until the reply is saved.
+const streamMarkdown = window.markdownit && window.DOMPurify?.isSupported
+  ? window.markdownit("commonmark", { html: false, linkify: false, breaks: true }).enable(["table", "strikethrough"])
+  : null;
+const STREAM_ATTRIBUTES = { a: ["href", "title"], code: ["class"], ol: ["start"] };
+const STREAM_SANITIZE = {
+  ALLOWED_TAGS: [
+    "p", "br", "hr", "em", "strong", "del", "s", "code", "pre", "blockquote",
+    "ul", "ol", "li", "a", "h1", "h2", "h3", "h4", "h5", "h6",
+    "table", "thead", "tbody", "tr", "th", "td",
+  ],
+  ALLOWED_ATTR: [...new Set(Object.values(STREAM_ATTRIBUTES).flat())],
+  ALLOWED_URI_REGEXP: /^(?:(?:https?|mailto):|[^a-z]|[a-z+.-]+(?:[^a-z+.\-:]|$))/i,
+  RETURN_DOM_FRAGMENT: true,
+};
+if (streamMarkdown) {
+  // DOMPurify allows its attributes on every tag; the server, each only on its own.
+  window.DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
+    if (!STREAM_ATTRIBUTES[node.nodeName.toLowerCase()]?.includes(data.attrName)) data.keepAttr = false;
+  });
+  window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+    if (node.nodeName === "A" && node.hasAttribute("href")) node.setAttribute("rel", "noopener noreferrer nofollow");
+  });
+}
+
+// Each streaming reply by its body element: its text so far, and when and at what cost it was
+// last rendered. The whole text is rendered again as it grows, about 3 ms for a thousand
+// characters of markdown and 20 ms for sixteen thousand here, so a long reply's renders are
+// spaced to take at most a fifth of the page's time; a short reply's come a word at a time.
+const streams = new WeakMap();
+const STREAM_RENDER_SHARE = 0.2;
+
+function renderStream(body) {
+  const stream = streams.get(body);
+  const started = performance.now();
+  stream.timer = 0;
+  keepingEnd(() => {
+    if (streamMarkdown && stream.text.trim()) {
+      body.replaceChildren(window.DOMPurify.sanitize(streamMarkdown.render(stream.text), STREAM_SANITIZE));
+      enhance(body);
+    } else {
+      // Empty, the paragraph shows the stylesheet's ellipsis.
+      body.replaceChildren(el("p", "stream-text", stream.text));
+    }
+  });
+  stream.renderedAt = performance.now();
+  stream.cost = stream.renderedAt - started;
+}
+
+function streamSet(body, text) {
+  const stream = streams.get(body) || { text: "", renderedAt: 0, cost: 0, timer: 0 };
+  streams.set(body, stream);
+  stream.text = text;
+  if (stream.timer) return; // it renders the text as it is then
+  const wait = stream.renderedAt + stream.cost / STREAM_RENDER_SHARE - performance.now();
+  if (wait > 0) stream.timer = setTimeout(() => renderStream(body), wait);
+  else renderStream(body);
+}
+
+function streamAdd(body, text) {
+  streamSet(body, (streams.get(body)?.text || "") + text);
+}
+
+function streamBody(item) {
+  return item.querySelector(".body");
+}
+
 function streamingElement(runId, remembered) {
   let item = transcript.querySelector(`li[data-run="${CSS.escape(runId)}"]`);
   if (!item) {
@@ -306,8 +379,8 @@ function streamingElement(runId, remembered) {
     typing.append(el("i"), el("i"), el("i"), el("span", "visually-hidden", "answering"));
     meta.append(typing);
     const body = el("div", "body");
-    body.append(el("p", "stream-text"));
     item.append(meta, body);
+    streamSet(body, "");
     transcript.append(item);
   }
   return item;
@@ -321,42 +394,42 @@ function streamingElement(runId, remembered) {
 // frame comes or the run ends.
 const reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)");
 const FRAME_GAP_MS = { first: 100, least: 30, most: 250 };
-const writing = { node: null, words: [], every: 0, timer: 0, lastFrameAt: 0, gap: FRAME_GAP_MS.first };
+const writing = { body: null, words: [], every: 0, timer: 0, lastFrameAt: 0, gap: FRAME_GAP_MS.first };
 
 function writingFlush() {
   clearTimeout(writing.timer);
   writing.timer = 0;
-  if (writing.node && writing.words.length) {
-    const { node, words } = writing;
+  if (writing.body && writing.words.length) {
+    const { body, words } = writing;
     writing.words = [];
-    keepingEnd(() => { node.textContent += words.join(""); });
+    streamAdd(body, words.join(""));
   }
 }
 
 function writingReset() {
   clearTimeout(writing.timer);
-  Object.assign(writing, { node: null, words: [], timer: 0, lastFrameAt: 0 });
+  Object.assign(writing, { body: null, words: [], timer: 0, lastFrameAt: 0 });
 }
 
 function writeNextWord() {
-  const { node } = writing;
+  const { body } = writing;
   const word = writing.words.shift();
-  keepingEnd(() => { node.textContent += word; });
+  streamAdd(body, word);
   writing.timer = writing.words.length ? setTimeout(writeNextWord, writing.every) : 0;
 }
 
-function streamAppend(node, text) {
+function streamAppend(body, text) {
   const now = performance.now();
   if (writing.lastFrameAt) {
     writing.gap = Math.min(FRAME_GAP_MS.most, Math.max(FRAME_GAP_MS.least, now - writing.lastFrameAt));
   }
   writing.lastFrameAt = now;
   writingFlush();
-  writing.node = node;
+  writing.body = body;
   // Each word with the spaces before it, and any trailing spaces: together, exactly `text`.
   const words = text.match(/\s*\S+|\s+$/g) || [];
   if (words.length < 2 || words.join("") !== text || reducedMotion.matches || document.hidden) {
-    keepingEnd(() => { node.textContent += text; });
+    streamAdd(body, text);
     return;
   }
   // Done a little before the next frame is due.
@@ -658,7 +731,7 @@ const handlers = {
     if (frame.active_run) {
       const lastUser = [...frame.messages].reverse().find((m) => m.role === "user");
       const item = streamingElement(frame.active_run.run, lastUser ? lastUser.remembered : undefined);
-      item.querySelector(".stream-text").textContent = takeContinuedReply(frame.active_run.continues) + frame.active_run.text;
+      streamSet(streamBody(item), takeContinuedReply(frame.active_run.continues) + frame.active_run.text);
       state.lastSeq = frame.active_run.seq;
     }
     log.removeAttribute("aria-busy");
@@ -692,7 +765,7 @@ const handlers = {
       state.lastSeq = 0;
       writingReset();
       const item = streamingElement(frame.run, remembered);
-      if (frame.continues) item.querySelector(".stream-text").textContent = takeContinuedReply(frame.continues);
+      if (frame.continues) streamSet(streamBody(item), takeContinuedReply(frame.continues));
     });
     if (mine) scrollToEnd();
     announce("The assistant is answering.");
@@ -732,7 +805,7 @@ const handlers = {
       return;
     }
     state.lastSeq = frame.seq;
-    streamAppend(streamingElement(frame.run).querySelector(".stream-text"), frame.text);
+    streamAppend(streamBody(streamingElement(frame.run)), frame.text);
   },
   "run.completed"(frame) {
     finishRun(frame, "The assistant answered.");
@@ -812,7 +885,7 @@ const pageCsrf = csrfCookie();
 
 function finishRun(frame, announcement) {
   const placeholder = transcript.querySelector(`li[data-run="${CSS.escape(frame.run)}"]`);
-  if (placeholder?.contains(writing.node)) writingReset(); // its saved text takes its place
+  if (placeholder?.contains(writing.body)) writingReset(); // its saved text takes its place
   keepingEnd(() => {
     if (frame.message) {
       const element = messageElement(frame.message);
