@@ -95,6 +95,7 @@ class BackendMessage:
     role: str  # "user", "assistant", "system" or "tool"
     text: str
     cut: bool = False  # the model stopped it at its length limit
+    id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +186,22 @@ def _messages_of(values: Any) -> list[BackendMessage]:
                     role=_role(str(raw.get("type", ""))),
                     text=_content_text(raw.get("content")),
                     cut=_cut_at_length_limit(raw),
+                    id=str(raw.get("id") or ""),
                 )
             )
     return messages
+
+
+def _message_body(message: BackendMessage) -> dict[str, Any]:
+    """`message` as the backend takes it: `_messages_of` read backwards."""
+    body: dict[str, Any] = {
+        "type": {"user": "human", "assistant": "ai"}.get(message.role, message.role),
+        "id": message.id,
+        "content": message.text,
+    }
+    if message.cut:
+        body["response_metadata"] = {"finish_reason": "length"}
+    return body
 
 
 def _loads(data: str | bytes) -> Any:
@@ -359,6 +373,26 @@ class RunBackend:
             response = await self._control.post(
                 f"/threads/{thread_id}/state",
                 json={"values": None, "checkpoint_id": checkpoint_id},
+            )
+            _raise_for_status(response, thread_id=thread_id)
+
+    async def thread_messages_edit(
+        self,
+        *,
+        thread_id: str,
+        remove: Sequence[str] = (),
+        rewrite: Sequence[BackendMessage] = (),
+    ) -> None:
+        """Changes what the thread remembers, as a new state of it: the messages whose ids are
+        in `remove` leave it, and each message of `rewrite` takes the place of the one with its
+        id. Its next run goes on from there."""
+        # The server turns every dict into a message and asks each for a content, even one
+        # that only says which message to remove.
+        messages = [{"type": "remove", "id": message_id, "content": ""} for message_id in remove]
+        messages += [_message_body(message) for message in rewrite]
+        async with _translated_errors():
+            response = await self._control.post(
+                f"/threads/{thread_id}/state", json={"values": {"messages": messages}}
             )
             _raise_for_status(response, thread_id=thread_id)
 

@@ -35,9 +35,11 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from runs import sql
-from runs.backend import ChatTurn, ReplyCut, RunStarted, TextDelta, get_backend
+from runs.backend import BackendMessage, ChatTurn, ReplyCut, RunStarted, TextDelta, get_backend
 from runs.db import db_batched, db_call
 from runs.exceptions import (
+    BackendTimeout,
+    BackendUnavailable,
     Busy,
     ChatError,
     EmptyText,
@@ -73,8 +75,8 @@ MEMORY_LOST_NOTICE = (
     "The assistant's earlier memory of this conversation was gone from the backend, "
     "so it started a fresh memory with this message."
 )
-# What a continuation asks the model, in place of a message of the user's (never shown in the
-# transcript; a thread remembers it, as it remembers the reply it goes on with).
+# What a continuation asks the model, in place of a message of the user's: never shown in the
+# transcript, and once the run ends, no longer remembered either (_thread_join_continuation).
 CONTINUE_PROMPT = (
     "Continue your last reply from exactly where it stopped, without repeating any of it."
 )
@@ -925,6 +927,12 @@ async def _relay_finish(
     if live.marking is not None:
         with contextlib.suppress(Exception):
             await live.marking
+    # Not while the server stops, nor to wait out again a backend that just did not answer.
+    unreachable = isinstance(error, BackendUnavailable | BackendTimeout) or (
+        error is not None and error.code == INTERRUPTED
+    )
+    if live.continues_id is not None and live.thread_id and not unreachable:
+        await _thread_join_continuation(live)
     finished = await db_batched(_run_finish)(
         run_id=live.run_id,
         conversation_id=live.conversation_id,
@@ -943,6 +951,45 @@ async def _relay_finish(
     frame = _final_frame(*finished)
     await frame_publish(conversation_id=live.conversation_id, frame=frame)
     return frame
+
+
+async def _thread_join_continuation(live: LiveRun) -> None:
+    """After a remembered continuation, however it ended: the thread remembers the reply as
+    the transcript shows it, one message with what the run added, and not the request to go on
+    (CONTINUE_PROMPT), which the user never sent. Done before the run is finished, while the
+    conversation takes no other run; should it fail, the thread keeps both, as it had them."""
+    continued = live.started.continues if live.started is not None else None
+    if continued is None:
+        return
+    backend = get_backend()
+    try:
+        state = await backend.thread_state(thread_id=live.thread_id)
+        messages = state.messages
+        # The request is the run's input: last, or followed by the run's reply only.
+        asked = next(
+            (
+                index
+                for index in range(len(messages) - 1, max(len(messages) - 3, 0), -1)
+                if messages[index].role == "user" and messages[index].text == CONTINUE_PROMPT
+            ),
+            None,
+        )
+        if asked is None or messages[asked - 1].role != "assistant":
+            return  # a memory lost meanwhile: the new one starts with the request
+        reply = messages[asked - 1]
+        joined = BackendMessage(
+            role="assistant",
+            id=reply.id,
+            text=reply_continued(continued.text, live.text),
+            cut=REPLY_CUT_NOTICE in live.notice if live.text else reply.cut,
+        )
+        await backend.thread_messages_edit(
+            thread_id=live.thread_id,
+            remove=[message.id for message in messages[asked:]],
+            rewrite=[joined],
+        )
+    except ChatError:
+        logger.warning("run %s: the continuation stays apart in the memory", live.run_id)
 
 
 async def _on_backend(live: LiveRun, attempt: Callable[[str | None], Awaitable[None]]) -> None:

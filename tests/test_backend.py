@@ -11,6 +11,7 @@ from langgraph_sdk import get_client
 
 from runs.backend import (
     BackendConfig,
+    BackendMessage,
     ForkPoint,
     ReplyCut,
     RunBackend,
@@ -140,6 +141,36 @@ async def test_a_thread_rewound_to_before_a_run_forgets_it_and_all_after(backend
         await backend.thread_fork_point(thread_id=thread_id, run_id=second.run_id)
     with pytest.raises(ThreadNotFound):
         await backend.thread_rewind(thread_id=thread_id, checkpoint_id=fork.checkpoint_id)
+
+
+async def test_a_threads_messages_are_removed_and_rewritten_in_place(backend_url):
+    backend = get_backend()
+    thread_id = (await backend.thread_create()).thread_id
+    for text in ("one", "two", "three"):
+        await collect(backend, text=text, thread_id=thread_id)
+    messages = (await backend.thread_state(thread_id=thread_id)).messages
+    assert len(messages) == 6 and all(message.id for message in messages)
+
+    rewritten = BackendMessage(
+        role="assistant", text="first, rewritten", cut=True, id=messages[1].id
+    )
+    await backend.thread_messages_edit(
+        thread_id=thread_id, remove=[messages[2].id, messages[3].id], rewrite=[rewritten]
+    )
+    state = await backend.thread_state(thread_id=thread_id)
+    assert [(m.role, m.text) for m in state.messages] == [
+        ("user", "one"),
+        ("assistant", "first, rewritten"),
+        ("user", "three"),
+        ("assistant", messages[5].text),
+    ]
+    assert state.messages[1] == rewritten, "in its place, with its id, cut at the limit"
+    _, reply = await collect(backend, text="four", thread_id=thread_id)
+    assert seen_count(reply) == 3, "the next run goes on from the edited memory"
+
+    await backend.thread_delete(thread_id=thread_id)
+    with pytest.raises(ThreadNotFound):
+        await backend.thread_messages_edit(thread_id=thread_id, remove=[messages[0].id])
 
 
 async def test_a_reply_that_reaches_the_length_limit_says_so(short_backend_url):

@@ -339,9 +339,36 @@ async def test_continue_goes_on_with_a_cut_reply_in_the_same_message(
     run = await Run.objects.aget(pk=started["run"])
     assert str(run.continues_id) == reply["id"] and run.status == Run.Status.COMPLETED
     if memory:
+        # Remembered as the transcript shows it: one reply, cut, and no request to go on.
         state = await get_backend().thread_state(thread_id=run.thread_id)
-        assert [m.role for m in state.messages] == ["user", "assistant", "user", "assistant"]
-        assert state.messages[2].text == services.CONTINUE_PROMPT
+        assert [(m.role, m.text, m.cut) for m in state.messages] == [
+            ("user", "tell me everything", False),
+            ("assistant", "You said: tell me You said: Continue your ", True),
+        ]
+
+
+async def test_a_remembered_continuation_stopped_is_remembered_as_far_as_it_got(
+    slow_backend_url, socket_factory
+):
+    socket = await socket_factory()
+    done = await socket.chat("a long story", memory=True)
+    await cut_at_the_length_limit(done["run"])
+    await socket.send({"type": "chat.continue", "conversation": done["conversation"]})
+    started, _ = await socket.until("run.started")
+    await socket.until("run.delta")
+    await socket.send({"type": "chat.cancel", "run": started["run"]})
+    final, _ = await socket.until_run_end()
+    assert final["type"] == "run.cancelled"
+    reply = final["message"]["text"]
+    assert reply.startswith(done["message"]["text"] + " You")
+    run = await Run.objects.aget(pk=started["run"])
+    state = await get_backend().thread_state(thread_id=run.thread_id)
+    assert [(m.role, m.text) for m in state.messages] == [
+        ("user", "a long story"),
+        ("assistant", reply),
+    ]
+    after = await socket.chat("and then", memory=True, conversation=done["conversation"])
+    assert seen_count(after["message"]["text"]) == 2
 
 
 @pytest.mark.parametrize("memory", [False, True], ids=["memory-off", "memory-on"])
