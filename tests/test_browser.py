@@ -880,6 +880,7 @@ def test_a_reply_takes_its_markdown_shape_while_it_streams(new_page, slow_site):
     expect(body.locator("li code")).to_have_text("code")
     expect(body.locator(".code-block .code-language")).to_have_text("py")
     expect(body.locator(".code-block pre")).to_have_text("x = 1\n")
+    expect(body.locator(".code-block .hljs-number")).to_have_text("1")
     expect(body.locator("a")).to_have_count(1)
     expect(body.locator("a")).to_have_attribute("href", "https://example.com/")
     expect(body.locator("a")).to_have_attribute("rel", "noopener noreferrer nofollow")
@@ -896,7 +897,7 @@ def test_a_reply_takes_its_markdown_shape_while_it_streams(new_page, slow_site):
     assert saved.evaluate("(node) => window.__shape(node)") == streamed["shape"]
     assert saved.evaluate("(node) => window.__words(node)") == streamed["words"]
     assert streamed["shape"] == [
-        "P", "DIV", "DIV", "SPAN", "BUTTON", "PRE", "CODE",  # the code block, with its header
+        "P", "DIV", "DIV", "SPAN", "BUTTON", "PRE", "CODE", "SPAN",  # the code block, coloured
         "UL", "LI", "STRONG", "CODE", "LI", "A[https://example.com/]",
     ]  # fmt: skip
     assert page.evaluate("window.__xss") is None
@@ -1055,6 +1056,11 @@ def test_copy_buttons_and_code_blocks(new_context, site):
     code = reply.locator(".code-block")
     expect(code.locator(".code-language")).to_have_text("python")
     expect(code.locator("pre")).to_have_text("print('hi')\n")
+    # Coloured: the string apart from the rest of the code.
+    string = code.locator(".hljs-string")
+    expect(string).to_have_text("'hi'")
+    colour = "(node) => getComputedStyle(node).color"
+    assert string.evaluate(colour) != code.locator("code").evaluate(colour)
 
     code.get_by_role("button", name="Copy code").click()
     expect(code.get_by_role("button", name="Copy code")).to_have_text("Copied")
@@ -1097,6 +1103,8 @@ def test_the_page_loads_without_a_failed_request_and_has_a_tab_icon(new_page, si
     assert response.ok and response.headers["content-type"].startswith("image/svg+xml")
     # Browsers ask for /favicon.ico when a page names no icon; this one names one.
     assert not failed, f"failed requests: {failed}"
+    shown = page.locator("body").inner_text()
+    assert "{#" not in shown and "{%" not in shown, "a template's comment or tag shows as text"
 
 
 def test_phones_and_dark_mode(new_page, site):

@@ -223,14 +223,18 @@ function feedbackButtons(feedback) {
   return group;
 }
 
-// Times in the reader's zone, and a header with the language and a copy button on code blocks
-// (of a saved message, or of a streaming reply's body).
+// Times in the reader's zone, and on code blocks (of a saved message, or of a streaming reply's
+// body) a header with the language and a copy button, and colours when highlight.js knows the
+// language (it reads the code as text and escapes it; a block that names none stays plain).
 function enhance(item) {
   item.querySelectorAll("time[datetime]").forEach(localizeTime);
   item.querySelectorAll(".body pre").forEach((pre) => {
     if (pre.parentElement.classList.contains("code-block")) return;
     const code = pre.querySelector("code");
     const language = code && [...code.classList].find((name) => name.startsWith("language-"));
+    if (language && window.hljs?.getLanguage(language.slice("language-".length))) {
+      window.hljs.highlightElement(code);
+    }
     const wrapper = el("div", "code-block");
     const header = el("div", "code-header");
     header.append(el("span", "code-language", language ? language.slice("language-".length) : "code"));
