@@ -1528,6 +1528,23 @@ def test_a_shared_link_opens_a_read_only_copy_for_anyone(new_context, site):
     expect(reader.get_by_role("heading", name="This link does not work")).to_be_visible()
 
 
+def test_a_shared_copy_colours_code_as_the_chat_page_does(new_page, site):
+    owner = new_page()
+    owner.goto(site.url)
+    say(owner, "Code:\n```python\nx = 'hi'\n```\nthanks")
+    expect(replies(owner)).to_have_count(1)
+    expect(replies(owner).locator(".hljs-string")).to_have_text("'hi'")
+    owner.get_by_role("link", name="Share…").click()
+    with owner.expect_navigation():
+        owner.get_by_role("button", name="Create link").click()
+    reader = new_page()
+    reader.goto(owner.get_by_label("Link").input_value())
+    reply = reader.locator("li.message.assistant .body")
+    expect(reply.locator(".hljs-string")).to_have_text("'hi'")
+    colour = "(node) => getComputedStyle(node).color"
+    assert reply.locator(".hljs-string").evaluate(colour) != reply.locator("code").evaluate(colour)
+
+
 def test_a_password_change_keeps_this_browser_signed_in_and_signs_out_the_others(
     new_context, site, workdir
 ):
