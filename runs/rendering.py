@@ -8,9 +8,14 @@ import nh3
 from markdown_it import MarkdownIt
 
 # "commonmark" with raw HTML off: any HTML in the text is shown as text, never parsed.
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable(
-    ["table", "strikethrough"]
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": True, "breaks": True}).enable(
+    ["table", "strikethrough", "linkify"]
 )
+# An address becomes a link only when written out with a scheme the sanitizer keeps (http,
+# https, mailto): "main.py", "example.com" and "ftp://…" stay text. static/runs/chat.js sets
+# the browser's markdown-it alike.
+_markdown.linkify.set({"fuzzy_link": False, "fuzzy_email": False, "fuzzy_ip": False})
+_markdown.linkify.add("//", None).add("ftp:", None)
 
 _ALLOWED_TAGS = {
     "p", "br", "hr", "em", "strong", "del", "s", "code", "pre", "blockquote",
@@ -22,14 +27,16 @@ _ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "code": {"class"}, "ol": {"start"
 # Text that markdown leaves as one plain paragraph and the sanitizer leaves as it is: one line
 # with no character that begins markup anywhere in a line (\ ` * _ ~ [ ] ! < > & |), none
 # that begins it at the start (# > + - = and digits: headings, quotes, lists, rules), no space
-# at either end, and none of what HTML writes as an entity or may drop (controls, no-break
-# space, line separators, surrogates, non-characters). What people type is mostly such text:
-# it skips the parser and the sanitizer, 35 µs for a word and 110 µs for a paragraph here.
+# at either end, none of what HTML writes as an entity or may drop (controls, no-break
+# space, line separators, surrogates, non-characters), and no scheme that linkify would make
+# a link of. What people type is mostly such text: it skips the parser and the sanitizer, 35 µs
+# for a word and 110 µs for a paragraph here.
 # tests/test_rendering.py holds it to the full rendering.
 _PLAIN = re.compile(
     r"[^\x00-\x1f\x7f-\x9f\\`*_~\[\]!<>&|\u00a0\u2028\u2029\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]+"
 )
 _MARKUP_AT_START = frozenset("#>+-=0123456789")
+_LINK_SCHEME = re.compile(r"(?:https?|mailto):", re.IGNORECASE)
 
 
 def markdown_to_safe_html(text: str) -> str:
@@ -39,6 +46,7 @@ def markdown_to_safe_html(text: str) -> str:
         and text[0] not in _MARKUP_AT_START
         and not text[0].isspace()
         and not text[-1].isspace()
+        and not _LINK_SCHEME.search(text)
     ):
         return f"<p>{text}</p>\n"
     return markdown_to_safe_html_parsed(text)

@@ -850,7 +850,8 @@ def test_a_reply_sent_several_words_a_frame_is_still_written_out_word_by_word(
 # A message whose echo is markdown: a code block, a list, emphasis, code, a link, and what must
 # stay text.
 MARKDOWN_MESSAGE = (
-    "Look:\n```py\nx = 1\n```\n- **bold** and `code`\n- [a link](https://example.com/)"
+    "Look:\n```py\nx = 1\n```\n- **bold** and `code`\n- [a link](https://example.com/) or"
+    " https://example.net/x, not main.py"
     ' <img src=x onerror="window.__xss=1"> [bad](javascript:window.__xss=2)'
 )
 
@@ -881,9 +882,11 @@ def test_a_reply_takes_its_markdown_shape_while_it_streams(new_page, slow_site):
     expect(body.locator(".code-block .code-language")).to_have_text("py")
     expect(body.locator(".code-block pre")).to_have_text("x = 1\n")
     expect(body.locator(".code-block .hljs-number")).to_have_text("1")
-    expect(body.locator("a")).to_have_count(1)
-    expect(body.locator("a")).to_have_attribute("href", "https://example.com/")
-    expect(body.locator("a")).to_have_attribute("rel", "noopener noreferrer nofollow")
+    expect(body.locator("a")).to_have_count(2)
+    expect(body.locator("a").first).to_have_attribute("href", "https://example.com/")
+    expect(body.locator("a").last).to_have_attribute("href", "https://example.net/x")
+    for link in body.locator("a").all():
+        expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
     expect(body).to_contain_text('<img src=x onerror="window.__xss=1">')
     expect(body).to_contain_text("[bad](javascript:window.__xss=2)")
     expect(streaming(page)).to_contain_text("w1")
@@ -898,7 +901,7 @@ def test_a_reply_takes_its_markdown_shape_while_it_streams(new_page, slow_site):
     assert saved.evaluate("(node) => window.__words(node)") == streamed["words"]
     assert streamed["shape"] == [
         "P", "DIV", "DIV", "SPAN", "BUTTON", "PRE", "CODE", "SPAN",  # the code block, coloured
-        "UL", "LI", "STRONG", "CODE", "LI", "A[https://example.com/]",
+        "UL", "LI", "STRONG", "CODE", "LI", "A[https://example.com/]", "A[https://example.net/x]",
     ]  # fmt: skip
     assert page.evaluate("window.__xss") is None
     assert page.locator("#transcript img").count() == 0

@@ -23,6 +23,16 @@ def test_markdown_is_rendered_and_what_could_run_is_not():
     assert 'href="https://example.com"' in link and 'rel="noopener noreferrer nofollow"' in link
 
 
+def test_an_address_written_out_with_its_scheme_is_a_link_and_nothing_else_is():
+    assert markdown_to_safe_html("See https://example.com/a?b=1.") == (
+        '<p>See <a href="https://example.com/a?b=1" rel="noopener noreferrer nofollow">'
+        "https://example.com/a?b=1</a>.</p>\n"
+    )
+    assert 'href="mailto:ada@example.com"' in markdown_to_safe_html("mailto:ada@example.com")
+    for text in ("main.py", "example.com", "www.example.com", "ada@example.com", "ftp://x.org"):
+        assert markdown_to_safe_html(f"see {text}") == f"<p>see {text}</p>\n"
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -55,5 +65,8 @@ _TEXTS = st.one_of(
 @example("text  ")
 @example("\u3000wide space first")
 @example("a\ufffeb")
+@example("see https://example.com")
+@example("HTTP://EXAMPLE.COM")
+@example("mailto:ada@example.com")
 def test_the_plain_text_shortcut_renders_exactly_what_the_parser_does(text):
     assert markdown_to_safe_html(text) == markdown_to_safe_html_parsed(text)

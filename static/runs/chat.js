@@ -304,8 +304,13 @@ function takeContinuedReply(messageId) {
 // list or a code block takes its shape as it comes and the saved reply changes nothing. If
 // either library failed to load, the text shows as plain text until the reply is saved.
 const streamMarkdown = window.markdownit && window.DOMPurify?.isSupported
-  ? window.markdownit("commonmark", { html: false, linkify: false, breaks: true }).enable(["table", "strikethrough"])
+  ? window.markdownit("commonmark", { html: false, linkify: true, breaks: true }).enable(["table", "strikethrough", "linkify"])
   : null;
+if (streamMarkdown) {
+  // Only an address written out with http, https or mailto is a link, as on the server.
+  streamMarkdown.linkify.set({ fuzzyLink: false, fuzzyEmail: false, fuzzyIP: false });
+  streamMarkdown.linkify.add("//", null).add("ftp:", null);
+}
 const STREAM_ATTRIBUTES = { a: ["href", "title"], code: ["class"], ol: ["start"] };
 const STREAM_SANITIZE = {
   ALLOWED_TAGS: [
