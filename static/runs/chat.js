@@ -306,11 +306,6 @@ function takeContinuedReply(messageId) {
 const streamMarkdown = window.markdownit && window.DOMPurify?.isSupported
   ? window.markdownit("commonmark", { html: false, linkify: true, breaks: true }).enable(["table", "strikethrough", "linkify"])
   : null;
-if (streamMarkdown) {
-  // Only an address written out with http, https or mailto is a link, as on the server.
-  streamMarkdown.linkify.set({ fuzzyLink: false, fuzzyEmail: false, fuzzyIP: false });
-  streamMarkdown.linkify.add("//", null).add("ftp:", null);
-}
 const STREAM_ATTRIBUTES = { a: ["href", "title"], code: ["class"], ol: ["start"] };
 const STREAM_SANITIZE = {
   ALLOWED_TAGS: [
@@ -323,6 +318,9 @@ const STREAM_SANITIZE = {
   RETURN_DOM_FRAGMENT: true,
 };
 if (streamMarkdown) {
+  // Only an address written out with http, https or mailto is a link, as on the server.
+  streamMarkdown.linkify.set({ fuzzyLink: false, fuzzyEmail: false, fuzzyIP: false });
+  streamMarkdown.linkify.add("//", null).add("ftp:", null);
   // DOMPurify allows its attributes on every tag; the server, each only on its own.
   window.DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
     if (!STREAM_ATTRIBUTES[node.nodeName.toLowerCase()]?.includes(data.attrName)) data.keepAttr = false;
@@ -348,7 +346,7 @@ function renderStream(body) {
       body.replaceChildren(window.DOMPurify.sanitize(streamMarkdown.render(stream.text), STREAM_SANITIZE));
       enhance(body);
     } else {
-      // Empty, the paragraph shows the stylesheet's ellipsis.
+      // Without the libraries, plain text; empty, the paragraph shows the stylesheet's ellipsis.
       body.replaceChildren(el("p", "stream-text", stream.text));
     }
   });
