@@ -742,6 +742,37 @@ def test_search_finds_a_conversation_by_what_was_said_and_show_older_pages_the_l
     expect(page.locator("#chat-title")).to_have_text("Chat 49")
 
 
+def test_the_conversation_list_is_grouped_by_the_day_each_last_changed(new_page, site, workdir):
+    site_shell(
+        workdir,
+        "from datetime import timedelta; from django.utils import timezone; "
+        "from runs.models import Conversation; "
+        "user = User.objects.create_user('lee', password='pw-lee-12345'); "
+        "made = conftest.conversations_for(user, 6); now = timezone.now(); "
+        "[Conversation.objects.filter(pk=c.pk).update(updated_at=now - timedelta(days=days)) "
+        " for c, days in zip(made, (0, 0, 1, 3, 12, 90))]",
+    )
+    page = new_page()
+    sign_in(page, site, "lee", "pw-lee-12345")
+    items = page.locator("#conversation-list > li")
+    expect(items).to_have_count(6)
+    shown = """(items) => items.map((item) => {
+      const label = getComputedStyle(item, "::before").content;
+      return label === "none" ? null : JSON.parse(label);
+    })"""
+    groups = items.evaluate_all(shown)
+    assert groups[:5] == ["Today", None, "Yesterday", "Previous 7 days", "Previous 30 days"]
+    assert re.fullmatch(r"[A-Z][a-z]+ \d{4}", groups[5]), groups  # a month, 90 days back
+    shot(page, "07f-list-groups")
+
+    # Yesterday's conversation, said something in today, joins today's at the top.
+    page.get_by_role("link", name="Chat 02").click()
+    chat(page, "news", number=1, seen=1)
+    expect(page.locator("#conversation-list a").first).to_have_text("Chat 02")
+    groups = items.evaluate_all(shown)
+    assert groups[:4] == ["Today", None, None, "Previous 7 days"], groups
+
+
 def test_a_cut_websocket_reconnects_and_the_reply_completes(new_page, slow_site):
     page = new_page()
     # Keep a handle on the page's sockets, so the test can cut the connection mid-reply.

@@ -564,8 +564,9 @@ function markEmptyList() {
   if (!state.query) downloadAll.hidden = empty && showOlder.hidden;
 }
 
-function conversationItem(id, name) {
+function conversationItem(id, name, updated) {
   const item = el("li");
+  item.dataset.updated = updated;
   const link = el("a");
   link.href = `/c/${id}/`;
   link.dataset.conversation = id;
@@ -580,7 +581,7 @@ function listConversation(id, name) {
   let link = conversationLink(id);
   if (!link) {
     conversationList.querySelector(".empty-list")?.remove();
-    const item = conversationItem(id, name);
+    const item = conversationItem(id, name, new Date().toISOString());
     conversationList.prepend(item);
     link = item.firstElementChild;
     downloadAll.hidden = false;
@@ -624,7 +625,7 @@ async function loadList({ older = false } = {}) {
     return;
   }
   searchError.hidden = true;
-  const items = body.conversations.filter((c) => !(older && conversationLink(c.id))).map((c) => conversationItem(c.id, c.title));
+  const items = body.conversations.filter((c) => !(older && conversationLink(c.id))).map((c) => conversationItem(c.id, c.title, c.updated_at));
   if (older) conversationList.append(...items);
   else conversationList.replaceChildren(...items);
   markEmptyList();
@@ -717,8 +718,42 @@ function dropConversation(id) {
 // The conversation moves to the top of the list when something is said in it.
 function bumpConversation(id) {
   const link = conversationLink(id);
-  if (link && link.parentElement !== conversationList.firstElementChild) conversationList.prepend(link.parentElement);
+  if (!link) return;
+  link.parentElement.dataset.updated = new Date().toISOString();
+  if (link.parentElement !== conversationList.firstElementChild) conversationList.prepend(link.parentElement);
+  else groupList(); // it stays first, but it may be today's now
 }
+
+// The list in groups by when each conversation last changed, in the reader's days: the first
+// conversation of each group carries the group's name, which the stylesheet shows above it.
+const monthFormat = new Intl.DateTimeFormat([], { month: "long", year: "numeric" });
+
+function listGroup(updated) {
+  const date = new Date(updated);
+  if (Number.isNaN(date.getTime())) return "";
+  const day = new Date(date);
+  const today = new Date();
+  day.setHours(0, 0, 0, 0);
+  today.setHours(0, 0, 0, 0);
+  const daysAgo = Math.round((today - day) / 86_400_000); // rounded: a day can be 23 or 25 hours
+  if (daysAgo <= 0) return "Today";
+  if (daysAgo === 1) return "Yesterday";
+  if (daysAgo < 7) return "Previous 7 days";
+  if (daysAgo < 30) return "Previous 30 days";
+  return monthFormat.format(date);
+}
+
+function groupList() {
+  let previous = "";
+  for (const item of conversationList.children) {
+    const group = item.dataset.updated ? listGroup(item.dataset.updated) : "";
+    if (group && group !== previous) item.dataset.group = group;
+    else delete item.dataset.group;
+    if (group) previous = group;
+  }
+}
+new MutationObserver(groupList).observe(conversationList, { childList: true });
+groupList();
 
 // Frames from the server.
 
