@@ -990,6 +990,9 @@ async def _thread_join_continuation(live: LiveRun) -> None:
         )
     except ChatError:
         logger.warning("run %s: the continuation stays apart in the memory", live.run_id)
+    except Exception:
+        # Whatever went wrong here, the reply is still saved after.
+        logger.exception("run %s: the continuation stays apart in the memory", live.run_id)
 
 
 async def _on_backend(live: LiveRun, attempt: Callable[[str | None], Awaitable[None]]) -> None:
