@@ -343,8 +343,10 @@ function renderStream(body) {
   stream.timer = 0;
   keepingEnd(() => {
     if (streamMarkdown && stream.text.trim()) {
-      body.replaceChildren(window.DOMPurify.sanitize(streamMarkdown.render(stream.text), STREAM_SANITIZE));
-      enhance(body);
+      const rendered = el("div", "body");
+      rendered.append(window.DOMPurify.sanitize(streamMarkdown.render(stream.text), STREAM_SANITIZE));
+      enhance(rendered);
+      keepSameStart(body, rendered);
     } else {
       // Without the libraries, plain text; empty, the paragraph shows the stylesheet's ellipsis.
       body.replaceChildren(el("p", "stream-text", stream.text));
@@ -352,6 +354,18 @@ function renderStream(body) {
   });
   stream.renderedAt = performance.now();
   stream.cost = stream.renderedAt - started;
+}
+
+// Puts `rendered`'s nodes in `body`, keeping those at the start that are the same already. A
+// reply grows at its end, so the blocks before the last stay as they are: a link in them can be
+// clicked, and text in them selected, while the reply streams.
+function keepSameStart(body, rendered) {
+  const fresh = [...rendered.childNodes];
+  const shown = [...body.childNodes];
+  let same = 0;
+  while (same < fresh.length && same < shown.length && shown[same].isEqualNode(fresh[same])) same += 1;
+  for (const node of shown.slice(same)) node.remove();
+  body.append(...fresh.slice(same));
 }
 
 function streamSet(body, text) {
