@@ -503,7 +503,7 @@ def test_the_list_pages_and_searches_without_javascript(client):
     Message.objects.create(conversation=made[51], role="user", text="the Lisbon trip")
 
     newest = client.get("/").content.decode()
-    assert newest.count('<li><a href="/c/') == 50
+    assert newest.count('<li data-updated="') == 50
     assert 'href="?offset=50">Show older</a>' in newest
     older = client.get("/", {"offset": 50}).content.decode()
     assert [f"Chat {index}" in older for index in (49, 50, 51)] == [False, True, True]
@@ -512,7 +512,7 @@ def test_the_list_pages_and_searches_without_javascript(client):
     found = client.get(f"/c/{made[0].pk}/", {"q": "lisbon"})
     assert found.status_code == 200
     page = found.content.decode()
-    assert page.count('<li><a href="/c/') == 1 and ">Chat 51</a>" in page
+    assert page.count('<li data-updated="') == 1 and ">Chat 51</a>" in page
     assert "Matching “lisbon”" in page and ">Clear search</a>" in page
     assert 'value="lisbon"' in page
     assert "Chat 00" in page  # the conversation shown stays shown, beside the results
