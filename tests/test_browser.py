@@ -920,11 +920,13 @@ def test_a_reply_takes_its_markdown_shape_while_it_streams(new_page, slow_site):
         expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
     expect(body).to_contain_text('<img src=x onerror="window.__xss=1">')
     expect(body).to_contain_text("[bad](javascript:window.__xss=2)")
-    # What the reply has done with stays put as it grows: its first paragraph and code block
-    # are the same elements a few words on (a link there can be clicked meanwhile).
+    # What the reply has done with stays put as it grows: its first paragraph, its code block
+    # and the link in the list item still being written are the same elements a few words on
+    # (the link can be clicked meanwhile).
     first_blocks = (
         body.locator(":scope > p").first.element_handle(),
         body.locator(".code-block").element_handle(),
+        body.locator("a").first.element_handle(),
     )
     expect(streaming(page)).to_contain_text("w1")
     expect(streaming(page)).to_contain_text("w5")

@@ -356,16 +356,34 @@ function renderStream(body) {
   stream.cost = stream.renderedAt - started;
 }
 
-// Puts `rendered`'s nodes in `body`, keeping those at the start that are the same already. A
-// reply grows at its end, so the blocks before the last stay as they are: a link in them can be
-// clicked, and text in them selected, while the reply streams.
-function keepSameStart(body, rendered) {
+// Puts `rendered`'s nodes in `shown`, keeping those at the start that are the same already. A
+// reply grows at its end, so what comes before stays as it is: a link in it can be clicked, and
+// its text selected, while the reply streams. The first node that differs, when it is the same
+// element growing (the paragraph or the list being written) or text, is changed in place.
+function keepSameStart(shown, rendered) {
   const fresh = [...rendered.childNodes];
-  const shown = [...body.childNodes];
+  const old = [...shown.childNodes];
   let same = 0;
-  while (same < fresh.length && same < shown.length && shown[same].isEqualNode(fresh[same])) same += 1;
-  for (const node of shown.slice(same)) node.remove();
-  body.append(...fresh.slice(same));
+  while (same < fresh.length && same < old.length && old[same].isEqualNode(fresh[same])) same += 1;
+  if (same < fresh.length && same < old.length) {
+    const [before, after] = [old[same], fresh[same]];
+    if (before.nodeType === Node.TEXT_NODE && after.nodeType === Node.TEXT_NODE) {
+      before.data = after.data;
+      same += 1;
+    } else if (sameElement(before, after)) {
+      keepSameStart(before, after);
+      same += 1;
+    }
+  }
+  for (const node of old.slice(same)) node.remove();
+  shown.append(...fresh.slice(same));
+}
+
+// The same tag with the same attributes, whatever it holds.
+function sameElement(one, other) {
+  return one.nodeType === Node.ELEMENT_NODE && other.nodeType === Node.ELEMENT_NODE
+    && one.tagName === other.tagName && one.attributes.length === other.attributes.length
+    && [...one.attributes].every((attribute) => other.getAttribute(attribute.name) === attribute.value);
 }
 
 function streamSet(body, text) {
