@@ -662,7 +662,7 @@ class LiveRun:
     rewind_thread_id: str = ""
     rewind_run_ids: tuple[str, ...] = ()
     history: tuple[ChatTurn, ...] = ()
-    continues_id: uuid.UUID | None = None
+    continues: Message | None = None  # a continuation's: the cut reply it goes on with
     backend_run_id: str = ""
     parts: list[str] = field(default_factory=list)  # published, as the watchers have it
     pending: list[str] = field(default_factory=list)  # received, published on the next turn
@@ -931,8 +931,8 @@ async def _relay_finish(
     unreachable = isinstance(error, BackendUnavailable | BackendTimeout) or (
         error is not None and error.code == INTERRUPTED
     )
-    if live.continues_id is not None and live.thread_id and not unreachable:
-        await _thread_join_continuation(live)
+    if live.continues is not None and live.thread_id and not unreachable:
+        await _thread_join_continuation(live, continued=live.continues)
     finished = await db_batched(_run_finish)(
         run_id=live.run_id,
         conversation_id=live.conversation_id,
@@ -944,7 +944,7 @@ async def _relay_finish(
         error_message=error.message if error else "",
         notice=live.notice,
         backend_run_id=live.backend_run_id,
-        continues_id=live.continues_id,
+        continues_id=live.continues.id if live.continues is not None else None,
     )
     if finished is None:
         return None
@@ -953,14 +953,11 @@ async def _relay_finish(
     return frame
 
 
-async def _thread_join_continuation(live: LiveRun) -> None:
+async def _thread_join_continuation(live: LiveRun, *, continued: Message) -> None:
     """After a remembered continuation, however it ended: the thread remembers the reply as
     the transcript shows it, one message with what the run added, and not the request to go on
     (CONTINUE_PROMPT), which the user never sent. Done before the run is finished, while the
     conversation takes no other run; should it fail, the thread keeps both, as it had them."""
-    continued = live.started.continues if live.started is not None else None
-    if continued is None:
-        return
     backend = get_backend()
     try:
         state = await backend.thread_state(thread_id=live.thread_id)
@@ -1115,7 +1112,7 @@ def _live_run(started: StartedRun, *, origin_channel: str = "") -> LiveRun:
         rewind_thread_id=started.run.rewind_thread_id,
         rewind_run_ids=tuple(started.run.rewind_run_ids),
         history=started.history,
-        continues_id=started.continues.id if started.continues is not None else None,
+        continues=started.continues,
         started=started,
         origin_channel=origin_channel,
         announcement=asyncio.get_running_loop().create_future(),

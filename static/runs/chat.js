@@ -231,13 +231,11 @@ function enhance(item) {
   item.querySelectorAll(".body pre").forEach((pre) => {
     if (pre.parentElement.classList.contains("code-block")) return;
     const code = pre.querySelector("code");
-    const language = code && [...code.classList].find((name) => name.startsWith("language-"));
-    if (language && window.hljs?.getLanguage(language.slice("language-".length))) {
-      window.hljs.highlightElement(code);
-    }
+    const language = code && [...code.classList].find((name) => name.startsWith("language-"))?.slice("language-".length);
+    if (language && window.hljs?.getLanguage(language)) window.hljs.highlightElement(code);
     const wrapper = el("div", "code-block");
     const header = el("div", "code-header");
-    header.append(el("span", "code-language", language ? language.slice("language-".length) : "code"));
+    header.append(el("span", "code-language", language || "code"));
     header.append(labelledButton("copy-code link small", "Copy code", "Copy code"));
     pre.replaceWith(wrapper);
     wrapper.append(header, pre);
