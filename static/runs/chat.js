@@ -293,8 +293,14 @@ function takeContinuedReply(messageId) {
   const item = messageId && transcript.querySelector(`li.message[data-id="${CSS.escape(messageId)}"]`);
   if (!item) return "";
   item.remove();
-  const text = item.dataset.text;
-  return /\s$/.test(text) ? text : `${text} `;
+  return item.dataset.text;
+}
+
+// The reply and its continuation joined as the server joins them (runs/services.py,
+// reply_continued), so the saved reply reads as the streamed one did.
+function replyContinued(text, more) {
+  if (!text || !more || /\s$/.test(text) || /^[\s.,;:!?)\]}]/.test(more)) return text + more;
+  return `${text} ${more}`;
 }
 
 // A reply is shown as it streams as the saved one will be: markdown-it with the server's
@@ -339,15 +345,16 @@ function renderStream(body) {
   const stream = streams.get(body);
   const started = performance.now();
   stream.timer = 0;
+  const text = replyContinued(stream.continues, stream.text);
   keepingEnd(() => {
-    if (streamMarkdown && stream.text.trim()) {
+    if (streamMarkdown && text.trim()) {
       const rendered = el("div", "body");
-      rendered.append(window.DOMPurify.sanitize(streamMarkdown.render(stream.text), STREAM_SANITIZE));
+      rendered.append(window.DOMPurify.sanitize(streamMarkdown.render(text), STREAM_SANITIZE));
       enhance(rendered);
       keepSameStart(body, rendered);
     } else {
       // Without the libraries, plain text; empty, the paragraph shows the stylesheet's ellipsis.
-      body.replaceChildren(el("p", "stream-text", stream.text));
+      body.replaceChildren(el("p", "stream-text", text));
     }
   });
   stream.renderedAt = performance.now();
@@ -384,10 +391,13 @@ function sameElement(one, other) {
     && [...one.attributes].every((attribute) => other.getAttribute(attribute.name) === attribute.value);
 }
 
-function streamSet(body, text) {
-  const stream = streams.get(body) || { text: "", renderedAt: 0, cost: 0, timer: 0 };
+// `text` is what the run has said so far; a continuation's `continues` is the reply it goes on
+// with, shown first.
+function streamSet(body, text, continues) {
+  const stream = streams.get(body) || { continues: "", text: "", renderedAt: 0, cost: 0, timer: 0 };
   streams.set(body, stream);
   stream.text = text;
+  if (continues !== undefined) stream.continues = continues;
   if (stream.timer) return; // it renders the text as it is then
   const wait = stream.renderedAt + stream.cost / STREAM_RENDER_SHARE - performance.now();
   if (wait > 0) stream.timer = setTimeout(() => renderStream(body), wait);
@@ -803,7 +813,7 @@ const handlers = {
     if (frame.active_run) {
       const lastUser = [...frame.messages].reverse().find((m) => m.role === "user");
       const item = streamingElement(frame.active_run.run, lastUser ? lastUser.remembered : undefined);
-      streamSet(streamBody(item), takeContinuedReply(frame.active_run.continues) + frame.active_run.text);
+      streamSet(streamBody(item), frame.active_run.text, takeContinuedReply(frame.active_run.continues));
       state.lastSeq = frame.active_run.seq;
     }
     log.removeAttribute("aria-busy");
@@ -837,7 +847,7 @@ const handlers = {
       state.lastSeq = 0;
       writingReset();
       const item = streamingElement(frame.run, remembered);
-      if (frame.continues) streamSet(streamBody(item), takeContinuedReply(frame.continues));
+      if (frame.continues) streamSet(streamBody(item), "", takeContinuedReply(frame.continues));
     });
     if (mine) scrollToEnd();
     announce("The assistant is answering.");
