@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import nh3
+from cachetools import LRUCache, cached
 from markdown_it import MarkdownIt
 
 # "commonmark" with raw HTML off: any HTML in the text is shown as text, never parsed.
@@ -49,7 +51,7 @@ def markdown_to_safe_html(text: str) -> str:
         and not _LINK_SCHEME.search(text)
     ):
         return f"<p>{text}</p>\n"
-    return markdown_to_safe_html_parsed(text)
+    return _markdown_to_safe_html_kept(text)
 
 
 def markdown_to_safe_html_parsed(text: str) -> str:
@@ -61,3 +63,16 @@ def markdown_to_safe_html_parsed(text: str) -> str:
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow",
     )
+
+
+# Opening a conversation renders every message in it for the page and again for the socket's
+# snapshot, and every tab that opens it renders them once more: the parser and the sanitizer
+# were most of that time (python -m bench.transcript). So the HTML of the texts rendered last
+# is kept, up to about this many characters of it (a few tens of MB with the texts), per
+# process; the relay renders each reply as it is saved, so the page of a conversation just
+# written is rendered already.
+RENDERED_KEPT_CHARS = 8_000_000
+
+_markdown_to_safe_html_kept = cached(
+    LRUCache(maxsize=RENDERED_KEPT_CHARS, getsizeof=len), lock=threading.Lock()
+)(markdown_to_safe_html_parsed)

@@ -38,3 +38,15 @@ def test_the_walks_benchmark_starts_and_finds_a_burst_with_either_code(capsys):
     assert [row["code"] for row in rows] == ["runtime", "patched"]
     assert all(row["one_look_ms"] > 0 and row["lookups_ms"] > 0 for row in rows)
     assert f"a burst of {BURST} runs" in capsys.readouterr().out
+
+
+def test_the_transcript_benchmark_opens_every_message_of_its_conversations(capsys):
+    """`python -m bench.transcript` times a long conversation's page and snapshot: both must
+    carry the whole conversation, or its figures mean nothing."""
+    from bench.transcript import main, reply_text
+
+    rows = main(["--exchanges", "3", "7", "--tries", "1"])
+    assert [(row["exchanges"], row["messages"]) for row in rows] == [(3, 6), (7, 14)]
+    assert all(row["page_cold_ms"] > 0 and row["snapshot_ms"] > 0 for row in rows)
+    assert rows[1]["page_kb"] > rows[0]["page_kb"] > len(reply_text(0)) * 3 / 1000
+    assert "page cold" in capsys.readouterr().out
