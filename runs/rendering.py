@@ -68,10 +68,10 @@ def markdown_to_safe_html_parsed(text: str) -> str:
 # Opening a conversation renders every message in it for the page and again for the socket's
 # snapshot, and every tab that opens it renders them once more: the parser and the sanitizer
 # were most of that time (python -m bench.transcript). So the HTML of the texts rendered last
-# is kept, up to about this many characters of it (a few tens of MB with the texts), per
-# process; the relay renders each reply as it is saved, so the page of a conversation just
-# written is rendered already.
-RENDERED_KEPT_CHARS = 8_000_000
+# is kept, up to this many characters of it a process (about 10 MB with the texts, measured
+# with replies of 40 words); the relay renders each reply as it is saved, so the page of a
+# conversation just written is rendered already.
+RENDERED_KEPT_CHARS = 4_000_000
 
 _markdown_to_safe_html_kept = cached(
     LRUCache(maxsize=RENDERED_KEPT_CHARS, getsizeof=len), lock=threading.Lock()
