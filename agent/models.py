@@ -194,6 +194,12 @@ def _load_llama() -> Any:
 _llama_lock = threading.Lock()
 
 
+def local_model_load() -> None:
+    """Loads the bundled model now, as the first run would, under the lock the runs take."""
+    with _llama_lock:
+        _load_llama()
+
+
 class LocalChatModel(_StreamingChatModel):
     """SmolLM2-135M-Instruct through llama-cpp-python, loaded once per process."""
 

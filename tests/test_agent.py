@@ -135,6 +135,18 @@ def test_real_smollm2_says_when_it_stops_at_its_token_limit():
     assert [reason for reason in reasons if reason] == ["length"]
 
 
+@pytest.mark.model
+def test_the_embedded_backend_loads_the_bundled_model_as_it_starts(tmp_path):
+    """`make run`'s backend loads SmolLM2 while it starts, not in the first run: the first reply
+    after a start no longer waits for it."""
+    log = tmp_path / "backend.log"
+    with EmbeddedBackend(model="local", log_path=log):
+        deadline = time.monotonic() + 60
+        while "the bundled model is loaded" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+
 def test_the_embedded_backend_runs_with_the_queue_wakeup_patch(langgraph):
     """`make run`'s backend starts new runs at once; the patch is pinned to the runtime version
     it was tested with, and this fails if an upgrade leaves it unapplied."""
@@ -144,6 +156,7 @@ def test_the_embedded_backend_runs_with_the_queue_wakeup_patch(langgraph):
 
     assert metadata.version("langgraph-runtime-inmem") in PATCHED_RUNTIME_VERSIONS
     assert "queue wake-up patch applied" in langgraph.log_path.read_text()
+    assert "bundled model" not in langgraph.log_path.read_text()  # the echo model's has none
 
 
 @pytest.fixture
