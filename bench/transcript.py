@@ -101,12 +101,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         def snapshot(conversation: Any = conversation) -> list[dict[str, Any]]:
             return transcript_rows(conversation=conversation)
 
+        messages = snapshot()
         rows.append(
             {
                 "exchanges": exchanges,
-                "messages": len(snapshot()),
+                "messages": len(messages),
                 "page_kb": len(page()) / 1000,
-                "snapshot_kb": len(orjson.dumps(snapshot())) / 1000,
+                "snapshot_kb": len(orjson.dumps(messages)) / 1000,
                 "page_cold_ms": median_ms(page, tries=args.tries, before=forget_kept),
                 "snapshot_cold_ms": median_ms(snapshot, tries=args.tries, before=forget_kept),
                 "page_ms": median_ms(page, tries=args.tries, before=nothing),

@@ -838,20 +838,17 @@ def test_a_delta_lost_on_the_way_is_recovered_while_the_reply_streams(new_page, 
     reply_is(page, 1, echo("keep talking", 1) + SLOW_TAIL)
 
 
-# Records every text the page's streaming reply shows.
-RECORD_SHOWN_TEXT = """
+# Records the `run.delta` frames the page gets and every text its streaming reply shows.
+RECORD_FRAMES_AND_SHOWN_TEXT = (
+    frames_seen_first_by('if (frame.type === "run.delta") window.__frames.push(frame.text);')
+    + """
+window.__frames = [];
 window.__shown = [];
 new MutationObserver(() => {
   const text = document.querySelector("#transcript .streaming .body")?.textContent.trim();
   if (text && text !== window.__shown.at(-1)) window.__shown.push(text);
 }).observe(document, { subtree: true, childList: true, characterData: true });
 """
-
-# Records the `run.delta` frames the page gets too.
-RECORD_FRAMES_AND_SHOWN_TEXT = (
-    frames_seen_first_by('if (frame.type === "run.delta") window.__frames.push(frame.text);')
-    + "window.__frames = [];"
-    + RECORD_SHOWN_TEXT
 )
 
 
