@@ -647,8 +647,10 @@ class LiveRun:
     CHAT_BATCH_DELTAS_FROM replies, a reply's frames after its first go out at most every
     CHAT_BATCH_DELTAS_MS, each carrying every token that came meanwhile: one frame, one send
     per socket and one client wakeup for several tokens is what keeps a busy process's CPU for
-    the replies, and the first token still goes out at once. On a networked layer (Redis)
-    tokens that arrive while a send is in flight also join the next frame.
+    the replies, and the first token still goes out at once. The replies waiting so share one
+    timer (`_FlushTick`), so their frames go out together, on one wakeup of the process. On a
+    networked layer (Redis) tokens that arrive while a send is in flight also join the next
+    frame.
 
     Nothing is published before the run is announced (`announce`): its `run.started` always
     comes first.
@@ -674,6 +676,8 @@ class LiveRun:
     task: asyncio.Task | None = None
     marking: asyncio.Future | None = None
     flush_handle: asyncio.Handle | None = None
+    waits_for_tick: bool = False  # its pending text goes out with the next `_FlushTick`
+    announce_timeout: asyncio.TimerHandle | None = None
     publishing: asyncio.Future | None = None
     published_at: float = float("-inf")  # the event loop's clock at the last frame
     # What `run.started` says, the socket that sent the message (it tells its client itself),
@@ -708,6 +712,10 @@ class LiveRun:
         if self.announced:
             return
         self.announced = True
+        if self.announce_timeout is not None:
+            # Else it wakes the process for nothing a quarter of a second after every start.
+            self.announce_timeout.cancel()
+            self.announce_timeout = None
         text = ""
         try:
             if self.started is not None:
@@ -729,14 +737,15 @@ class LiveRun:
 
     def delta_add(self, text: str) -> None:
         self.pending.append(text)
-        if self.flush_handle is not None or not self.announced:
+        if self.flush_handle is not None or self.waits_for_tick or not self.announced:
             return
         loop = asyncio.get_running_loop()
         if len(LIVE_RUNS) >= self.batch_from:
             # Never due before the first frame: the first token does not wait.
             due = self.published_at + self.batch_seconds
             if due > loop.time():
-                self.flush_handle = loop.call_at(due, self.flush)
+                self.waits_for_tick = True
+                _flush_tick(loop).add(self, due=due)
                 return
         self.flush_handle = loop.call_soon(self.flush)
 
@@ -745,6 +754,9 @@ class LiveRun:
         if self.flush_handle is not None:
             self.flush_handle.cancel()
             self.flush_handle = None
+        if self.waits_for_tick:
+            self.waits_for_tick = False
+            _flush_tick(asyncio.get_running_loop()).discard(self)
         if not self.pending or not self.announced:
             return
         if self.publishing is not None and not self.publishing.done():
@@ -784,6 +796,47 @@ class LiveRun:
             with contextlib.suppress(Exception):
                 await self.publishing
             self.flush()
+
+
+class _FlushTick:
+    """One timer for every reply whose batched frame is waiting: due at the earliest of their
+    times, it publishes them all, so a busy process wakes once for a round of frames instead of
+    once for each reply's (and the frames' readers wake together). A reply's frames still go
+    out at most every CHAT_BATCH_DELTAS_MS, or sooner, with another's that was due."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: dict[uuid.UUID, LiveRun] = {}
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, live: LiveRun, *, due: float) -> None:
+        self.waiting[live.run_id] = live
+        if self.handle is not None and self.handle.when() <= due:
+            return
+        if self.handle is not None:
+            self.handle.cancel()
+        self.handle = self.loop.call_at(due, self.fire)
+
+    def discard(self, live: LiveRun) -> None:
+        self.waiting.pop(live.run_id, None)
+
+    def fire(self) -> None:
+        self.handle = None
+        waiting, self.waiting = self.waiting, {}
+        for live in waiting.values():
+            live.flush()
+
+
+_flush_ticks: dict[asyncio.AbstractEventLoop, _FlushTick] = {}
+
+
+def _flush_tick(loop: asyncio.AbstractEventLoop) -> _FlushTick:
+    tick = _flush_ticks.get(loop)
+    if tick is None:
+        for old in [old for old in _flush_ticks if old.is_closed()]:
+            del _flush_ticks[old]
+        tick = _flush_ticks[loop] = _FlushTick(loop)
+    return tick
 
 
 # The longest a run waits for its backend request to leave before it is announced anyway.
@@ -1138,7 +1191,7 @@ async def run_launch(started: StartedRun, *, origin_channel: str = "") -> str:
     # A backend slow to answer (or to refuse) the connection must not hide the message from the
     # page for long; and however the task ends, even cancelled before it began, the sender
     # never waits for nothing.
-    loop.call_later(ANNOUNCE_WAIT_SECONDS, live.announce)
+    live.announce_timeout = loop.call_later(ANNOUNCE_WAIT_SECONDS, live.announce)
     live.task.add_done_callback(lambda _: live.announce())
     return await asyncio.shield(live.announcement)
 
