@@ -255,8 +255,13 @@ def _prompt_tokens(llama: Any, chat: list[dict[str, str]]) -> int:
     return len(llama.tokenize(text.encode("utf-8"), add_bos=False)) + 8 * len(chat)
 
 
+def model_name_from_env() -> str:
+    """`AGENT_MODEL` as the server reads it: "local" (the default) or "echo"."""
+    return os.environ.get("AGENT_MODEL", "local").strip().lower() or "local"
+
+
 def chat_model_from_env() -> BaseChatModel:
-    name = os.environ.get("AGENT_MODEL", "local").strip().lower() or "local"
+    name = model_name_from_env()
     if name == "echo":
         return EchoChatModel(
             delay_seconds=_env_float("AGENT_ECHO_DELAY_MS", 0.0) / 1000,

@@ -546,16 +546,16 @@ class EmbeddedBackend:
         self.stop()
 
 
-def local_model_load_soon() -> threading.Thread | None:
+def local_model_load_soon() -> None:
     """With the bundled model (`AGENT_MODEL` local, the default), loads it in the background
     while the server starts, where the first run loaded it: the first reply after a start came
     half a second later than the next ones. Says so when it is loaded."""
-    if os.environ.get("AGENT_MODEL", "local").strip().lower() not in ("", "local"):
-        return None
+    from agent.models import local_model_load, model_name_from_env
+
+    if model_name_from_env() != "local":
+        return
 
     def load() -> None:
-        from agent.models import local_model_load
-
         started = time.monotonic()
         try:
             local_model_load()
@@ -567,9 +567,7 @@ def local_model_load_soon() -> threading.Thread | None:
             flush=True,
         )
 
-    thread = threading.Thread(target=load, name="local-model-load", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=load, name="local-model-load", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:
